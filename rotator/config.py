@@ -1,0 +1,87 @@
+"""Process settings from ROTATOR_* environment variables and an optional .env file."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import structlog
+from cryptography.fernet import Fernet
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rotator.errors import ConfigError
+
+log = structlog.get_logger(__name__)
+
+
+class Settings(BaseSettings):
+    """Everything a rotator process needs that is not in schedules.yaml."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ROTATOR_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    schedules: Path = Path("schedules.yaml")
+    #: Where runs, step events, leases and the embedded store live.
+    database_url: str = ""
+    #: Fernet key for the embedded store; `rotator keygen` prints one.
+    encryption_key: SecretStr | None = None
+    #: Working directory for the defaults (SQLite file, key file, filesystem broker).
+    var_dir: Path = Path("var")
+    log_format: Literal["json", "console", "auto"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: How long a run's lease lives without renewal; renewed every third of it.
+    lease_ttl_seconds: float = Field(60.0, gt=1)
+    broker_url: str = ""
+    result_backend: str = ""
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _is_fernet_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                Fernet(value.get_secret_value().encode())
+            except (ValueError, TypeError):
+                raise ValueError(
+                    "not a Fernet key (32 url-safe base64-encoded bytes); "
+                    "make one with `rotator keygen`"
+                ) from None
+        return value
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.var_dir / 'rotator.db').resolve()}"
+
+    def fernet(self) -> Fernet:
+        """The embedded store's cipher; creates ./var/rotator.key (0600) when no key is set."""
+        if self.encryption_key is not None:
+            return Fernet(self.encryption_key.get_secret_value().encode())
+        key_file = self.var_dir / "rotator.key"
+        if not key_file.exists():
+            self.var_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(Fernet.generate_key())
+            log.warning(
+                "settings.generated_key",
+                path=str(key_file),
+                hint="set ROTATOR_ENCRYPTION_KEY in production (rotator keygen)",
+            )
+        return Fernet(key_file.read_bytes().strip())
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with one clear line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            problems.append(f"ROTATOR_{field.upper()}: {error['msg']}")
+        raise ConfigError("invalid settings", problems) from None

@@ -1,0 +1,227 @@
+"""Throwaway local servers: a PostgreSQL cluster with SCRAM auth, a redis-server.
+
+Used by the test suite and by `rotator demo`, so both prove credentials
+against a real server with password authentication (never `trust`). Each
+server lives in a temporary directory on a free loopback port and is
+removed on `stop()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rotator.errors import RotatorError
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for base in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        candidate = base / name
+        if candidate.exists():
+            return str(candidate)
+    raise RotatorError(
+        f"PostgreSQL binary {name!r} not found; install the server (apt-get install postgresql)"
+    )
+
+
+@dataclass
+class LocalPostgres:
+    """A PostgreSQL cluster of our own: superuser `postgres`, scram-sha-256 everywhere."""
+
+    log_statements: bool = False
+    host: str = "127.0.0.1"
+    port: int = 0
+    user: str = "postgres"
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rotator-pg-")))
+    _process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def datadir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def logfile(self) -> Path:
+        return self.workdir / "postgres.log"
+
+    def _run_as(self) -> list[str]:
+        """Run server binaries as `postgres` when we are root (initdb refuses root)."""
+        if os.geteuid() != 0:
+            return []
+        return ["runuser", "-u", "postgres", "--"]
+
+    def _chown(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam("postgres")
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def start(self) -> LocalPostgres:
+        self.port = self.port or free_port()
+        self.workdir.chmod(0o755)
+        self._chown(self.workdir)
+        pwfile = self.workdir / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        self._chown(pwfile)
+        pwfile.chmod(0o600)
+        subprocess.run(
+            [
+                *self._run_as(),
+                _pg_bin("initdb"),
+                "-D",
+                str(self.datadir),
+                "-U",
+                self.user,
+                f"--pwfile={pwfile}",
+                "--auth-host=scram-sha-256",
+                "--auth-local=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        pwfile.unlink()
+        options = [
+            "-c",
+            f"port={self.port}",
+            "-c",
+            f"listen_addresses={self.host}",
+            "-c",
+            f"unix_socket_directories={self.workdir}",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "password_encryption=scram-sha-256",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "logging_collector=off",
+        ]
+        if self.log_statements:
+            options += ["-c", "log_statement=all"]
+        log = open(self.logfile, "ab")  # noqa: SIM115 - the server writes to it until stop()
+        self._chown(self.logfile)
+        self._process = subprocess.Popen(
+            [*self._run_as(), _pg_bin("postgres"), "-D", str(self.datadir), *options],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise RotatorError(f"PostgreSQL exited at start; see {self.logfile}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), 0.5),
+            ):
+                time.sleep(0.2)
+                return
+            time.sleep(0.1)
+        raise RotatorError(f"PostgreSQL did not start within {timeout}s; see {self.logfile}")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def conninfo(self) -> dict[str, object]:
+        """Keyword arguments for psycopg.connect as the superuser."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password,
+            "dbname": "postgres",
+        }
+
+    def url(self, driver: str = "postgresql") -> str:
+        from urllib.parse import quote
+
+        return (
+            f"{driver}://{self.user}:{quote(self.password, safe='')}"
+            f"@{self.host}:{self.port}/postgres"
+        )
+
+
+@dataclass
+class LocalRedis:
+    """A redis-server of our own on a free port, keeping nothing on disk."""
+
+    port: int = 0
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rotator-redis-")))
+    _process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> LocalRedis:
+        self.port = self.port or free_port()
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RotatorError("redis-server not found; install it (apt-get install redis-server)")
+        self._process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.5),
+            ):
+                return self
+            time.sleep(0.05)
+        raise RotatorError("redis-server did not start within 15s")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=10)
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,376 @@
+"""The rotation protocol: create -> apply -> test -> finish, with rollback.
+
+Each step is one method, safe to run twice: `create` reuses a PENDING version
+(a resume), `apply` is idempotent by the rotator's contract, `finish` is a
+no-op on a version that is already CURRENT. A run interrupted by a crash is
+resumed under its own run id by the next run of the secret, so a replay ends
+in the same state: one new credential, applied once, recorded once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from rotator.base import RotatorContext, RotatorRegistry, SecretRotator
+from rotator.credential import Credential
+from rotator.errors import (
+    CredentialRejected,
+    RotationInProgress,
+    RotatorError,
+    StoreError,
+    TransientError,
+)
+from rotator.history import History
+from rotator.locks import LeaseManager, SecretLease
+from rotator.logging import scrub, secret_values
+from rotator.schedule import Plan, SecretSpec
+from rotator.stores import SecretStore, SecretVersion, Stage
+from rotator.storeset import StoreSet
+
+log = structlog.get_logger("rotator.engine")
+T = TypeVar("T")
+
+#: Called after each step with its name (created, applied, tested, promoted).
+#: Tests use it to crash a run at a step boundary.
+StepHook = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    """What a run did; never holds a secret value, safe as a Celery result."""
+
+    run_id: str
+    secret: str
+    outcome: str
+    version_id: str | None = None
+    error: str | None = None
+    resumed: bool = False
+    timings_ms: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("succeeded", "adopted", "skipped")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "secret": self.secret,
+            "outcome": self.outcome,
+            "version_id": self.version_id,
+            "error": self.error,
+            "resumed": self.resumed,
+            "timings_ms": dict(self.timings_ms),
+        }
+
+
+@dataclass
+class _Run:
+    """The state of one run while it lives."""
+
+    spec: SecretSpec
+    run_id: str
+    store: SecretStore
+    rotator: SecretRotator
+    lease: SecretLease
+    log: Any
+    timings_ms: dict[str, int] = field(default_factory=dict)
+
+
+class Engine:
+    """Runs rotations of the secrets in a Plan."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        stores: StoreSet,
+        history: History,
+        leases: LeaseManager,
+        rotators: RotatorRegistry,
+        step_hook: StepHook | None = None,
+        retry_wait_seconds: float = 1.0,
+    ) -> None:
+        self.plan = plan
+        self.stores = stores
+        self.history = history
+        self.leases = leases
+        self.rotators = rotators
+        self.step_hook = step_hook
+        self.retry_wait_seconds = retry_wait_seconds
+
+    # -- wiring -----------------------------------------------------------------
+
+    def rotator_for(self, spec: SecretSpec) -> SecretRotator:
+        context = RotatorContext(spec.name, spec.password, self.read_current)
+        return self.rotators[spec.rotator](spec.target, context)
+
+    def store_for(self, spec: SecretSpec) -> SecretStore:
+        return self.stores.get(spec.store)
+
+    def read_current(self, name: str) -> Credential:
+        """The CURRENT credential of a declared secret (how rotators reach an admin)."""
+        spec = self.plan.secret(name)
+        version = self.store_for(spec).read(spec.path, Stage.CURRENT)
+        if version is None:
+            raise CredentialRejected(
+                f"secret {name!r} has no CURRENT value; adopt one with `rotator put {name}`"
+            )
+        return version.credential
+
+    # -- the run ----------------------------------------------------------------
+
+    def run(
+        self, name: str, trigger: str = "manual", run_id: str | None = None, slot: str | None = None
+    ) -> RunResult:
+        """Rotate one secret under its lease; RotationInProgress if another run holds it."""
+        spec = self.plan.secret(name)
+        run_id = run_id or uuid.uuid4().hex
+        with self.leases.hold(name, run_id) as lease:
+            resumed_id = self._interrupted_run(name, run_id)
+            run_id = resumed_id or run_id
+            self.history.start_run(run_id, name, trigger, slot)
+            run = _Run(
+                spec=spec,
+                run_id=run_id,
+                store=self.store_for(spec),
+                rotator=self.rotator_for(spec),
+                lease=lease,
+                log=log.bind(secret=name, run_id=run_id, trigger=trigger),
+            )
+            if resumed_id:
+                run.log.info("rotation.resumed")
+            result = self._execute(run)
+            result.resumed = resumed_id is not None
+            return result
+
+    def try_run(
+        self, name: str, trigger: str = "manual", run_id: str | None = None, slot: str | None = None
+    ) -> RunResult:
+        """Like `run`, but a held lease is a 'skipped' result instead of an error."""
+        try:
+            return self.run(name, trigger, run_id, slot)
+        except RotationInProgress as exc:
+            return RunResult(run_id or "", name, "skipped", error=str(exc))
+
+    def _interrupted_run(self, name: str, run_id: str) -> str | None:
+        """The newest run of `name` left 'running' by a crash; we hold the lease, so it is dead."""
+        stale = [r for r in self.history.running_runs(name) if r.id != run_id]
+        for older in stale[1:]:
+            self.history.finish_run(older.id, "failed", error="interrupted; superseded by a resume")
+        return stale[0].id if stale else None
+
+    def _execute(self, run: _Run) -> RunResult:
+        spec = run.spec
+        try:
+            current = run.store.read(spec.path, Stage.CURRENT)
+            previous = run.store.read(spec.path, Stage.PREVIOUS)
+            pending_now = run.store.read(spec.path, Stage.PENDING)
+            if pending_now is None and current is not None and current.token == run.run_id:
+                run.log.info("rotation.already_finished")
+                return self._record_success(run, current)
+            with self._secrets_of(current, previous, pending_now):
+                pending = self.create(run, current, pending_now)
+                with secret_values(pending.credential.secret_values()):
+                    self.apply(run, pending, current, previous)
+                    try:
+                        self.test(run, pending)
+                    except CredentialRejected as exc:
+                        return self.rollback(run, pending, current, previous, exc)
+                    return self.finish(run, pending)
+        except RotatorError as exc:
+            return self._record_failure(run, exc)
+
+    @contextmanager
+    def _secrets_of(self, *versions: SecretVersion | None) -> Iterator[None]:
+        values = [v for version in versions if version for v in version.credential.secret_values()]
+        with secret_values(values):
+            yield
+
+    # -- the four steps ---------------------------------------------------------
+
+    def create(
+        self, run: _Run, current: SecretVersion | None, pending: SecretVersion | None
+    ) -> SecretVersion:
+        """Reuse a PENDING version (a resume), else generate one and store it as PENDING."""
+        if pending is None:
+            credential = run.rotator.generate(current.credential if current else None)
+            self._guard_identity(run, credential, current)
+            pending = self._step(
+                run, "create", lambda: run.store.put_pending(run.spec.path, credential, run.run_id)
+            )
+        else:
+            self._guard_identity(run, pending.credential, current)
+            self.history.record_step(run.run_id, "create", "ok", 0, "reused PENDING")
+        run.log.info("rotation.created", version_id=pending.version_id)
+        self._hook("created")
+        return pending
+
+    def apply(
+        self,
+        run: _Run,
+        pending: SecretVersion,
+        current: SecretVersion | None,
+        previous: SecretVersion | None,
+    ) -> None:
+        """Make the target accept PENDING (PENDING is already safe in the store)."""
+        self._step(
+            run,
+            "apply",
+            lambda: run.rotator.apply(
+                pending.credential,
+                current.credential if current else None,
+                previous.credential if previous else None,
+            ),
+        )
+        run.log.info("rotation.applied", version_id=pending.version_id)
+        self._hook("applied")
+
+    def test(self, run: _Run, pending: SecretVersion) -> None:
+        """Prove PENDING works over a real connection."""
+        self._step(run, "test", lambda: run.rotator.test(pending.credential))
+        run.log.info("rotation.tested", version_id=pending.version_id)
+        self._hook("tested")
+
+    def finish(self, run: _Run, pending: SecretVersion) -> RunResult:
+        """PENDING becomes CURRENT, CURRENT becomes PREVIOUS; the run is a success."""
+        self._step(run, "finish", lambda: run.store.promote(run.spec.path, pending.version_id))
+        self._hook("promoted")
+        return self._record_success(run, pending)
+
+    def rollback(
+        self,
+        run: _Run,
+        pending: SecretVersion,
+        current: SecretVersion | None,
+        previous: SecretVersion | None,
+        reason: CredentialRejected,
+    ) -> RunResult:
+        """The target refused PENDING: put CURRENT back, prove it, drop PENDING."""
+        run.log.warning("rotation.rejected", version_id=pending.version_id, error=str(reason))
+        if current is not None:
+            restore = current.credential
+            self._step(
+                run,
+                "rollback",
+                lambda: run.rotator.apply(
+                    restore, pending.credential, previous.credential if previous else None
+                ),
+            )
+            self._step(run, "rollback", lambda: run.rotator.test(restore))
+        run.store.discard_pending(run.spec.path, pending.version_id)
+        error = scrub(str(reason))
+        self.history.finish_run(run.run_id, "rolled_back", pending.version_id, error)
+        run.log.warning("rotation.rolled_back", version_id=pending.version_id)
+        return RunResult(
+            run.run_id,
+            run.spec.name,
+            "rolled_back",
+            pending.version_id,
+            error,
+            timings_ms=run.timings_ms,
+        )
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _step(self, run: _Run, step: str, action: Callable[[], T]) -> T:
+        """Run one step under the lease, retrying transient errors with backoff."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            detail = scrub(str(exc)) if exc else None
+            self.history.record_step(run.run_id, step, "retry", None, detail)
+            run.log.warning(
+                "rotation.retrying", step=step, attempt=state.attempt_number, error=detail
+            )
+
+        retrying = Retrying(
+            stop=stop_after_attempt(run.spec.max_attempts),
+            wait=wait_exponential(multiplier=self.retry_wait_seconds, max=30),
+            retry=retry_if_exception_type(TransientError),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        started = time.monotonic()
+        for attempt in retrying:
+            with attempt:
+                run.lease.check()
+                result = action()
+        elapsed = int((time.monotonic() - started) * 1000)
+        run.timings_ms[step] = run.timings_ms.get(step, 0) + elapsed
+        self.history.record_step(run.run_id, step, "ok", elapsed)
+        return result
+
+    def _guard_identity(
+        self, run: _Run, candidate: Credential, current: SecretVersion | None
+    ) -> None:
+        """Confused-deputy guard: a new credential must be for the same login as CURRENT."""
+        if current is None:
+            return
+        for name in run.rotator.identity_fields:
+            if candidate.get(name) != current.credential.get(name):
+                raise StoreError(
+                    f"refusing to rotate {run.spec.name!r}: the new credential's {name} differs "
+                    f"from CURRENT's ({current.credential.get(name)!r}); fix the stored value"
+                )
+
+    def _hook(self, point: str) -> None:
+        if self.step_hook is not None:
+            self.step_hook(point)
+
+    def _record_success(self, run: _Run, version: SecretVersion) -> RunResult:
+        self.history.finish_run(run.run_id, "succeeded", version.version_id)
+        run.log.info("rotation.finished", version_id=version.version_id)
+        return RunResult(
+            run.run_id, run.spec.name, "succeeded", version.version_id, timings_ms=run.timings_ms
+        )
+
+    def _record_failure(self, run: _Run, exc: RotatorError) -> RunResult:
+        error = scrub(f"{type(exc).__name__}: {exc}")
+        self.history.record_step(run.run_id, "failed", "error", None, error)
+        self.history.finish_run(run.run_id, "failed", error=error)
+        run.log.error("rotation.failed", error=error)
+        return RunResult(
+            run.run_id, run.spec.name, "failed", error=error, timings_ms=run.timings_ms
+        )
+
+    # -- adoption ---------------------------------------------------------------
+
+    def adopt(self, name: str, credential: Credential) -> RunResult:
+        """Store an existing credential as CURRENT (`rotator put`), recorded as an adoption."""
+        spec = self.plan.secret(name)
+        rotator = self.rotator_for(spec)
+        credential = rotator.complete(credential)
+        for field_name in rotator.identity_fields:
+            expected = getattr(spec.target, field_name, None)
+            if expected is not None and credential.get(field_name) != expected:
+                raise StoreError(
+                    f"refusing to adopt a value for {name!r}: its {field_name} is "
+                    f"{credential.get(field_name)!r} but the target block says {expected!r}"
+                )
+        run_id = uuid.uuid4().hex
+        store = self.store_for(spec)
+        with self.leases.hold(name, run_id), secret_values(credential.secret_values()):
+            if store.read(spec.path, Stage.PENDING) is not None:
+                raise RotationInProgress(
+                    f"secret {name!r} has a PENDING version from an unfinished rotation; "
+                    f"run `rotator rotate {name} --inline` to finish it first"
+                )
+            self.history.start_run(run_id, name, "adopt", None)
+            version = store.put_current(spec.path, credential, run_id)
+            self.history.record_step(run_id, "adopt", "ok")
+            self.history.finish_run(run_id, "adopted", version.version_id)
+        log.info("rotation.adopted", secret=name, run_id=run_id, version_id=version.version_id)
+        return RunResult(run_id, name, "adopted", version.version_id)

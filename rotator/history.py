@@ -1,0 +1,284 @@
+"""The history database: runs, step events, leases, slot claims, embedded secrets.
+
+SQLAlchemy 2 typed models and the queries the engine, CLI and beat use. A
+secret value never enters these tables except `stored_versions.ciphertext`,
+which the embedded store encrypts before it gets here. The schema is created
+and upgraded by alembic (`rotator/migrations`) when a process starts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite drops the offset otherwise)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the history database")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    """One rotation (or adoption) of one secret, from trigger to outcome."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(255), index=True)
+    trigger: Mapped[str] = mapped_column(String(32))
+    slot: Mapped[str | None] = mapped_column(String(64))
+    #: running, succeeded, rolled_back, failed, skipped, adopted
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    version_id: Mapped[str | None] = mapped_column(String(128))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class StepEvent(Base):
+    """One step of a run: create, apply, test, finish, rollback, retire, adopt."""
+
+    __tablename__ = "step_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    step: Mapped[str] = mapped_column(String(16))
+    #: ok, retry, error
+    status: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class Lease(Base):
+    """Who may rotate a secret now; `fence` grows with every new holder."""
+
+    __tablename__ = "leases"
+
+    secret: Mapped[str] = mapped_column(String(255), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    fence: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SlotClaim(Base):
+    """A schedule slot already taken by a run: two triggers for one slot make one run."""
+
+    __tablename__ = "slot_claims"
+    __table_args__ = (UniqueConstraint("secret", "slot", name="uq_slot_claims_secret_slot"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    secret: Mapped[str] = mapped_column(String(255))
+    slot: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[str] = mapped_column(String(64))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class StoredVersion(Base):
+    """A version of a secret in the embedded store; the value is Fernet ciphertext."""
+
+    __tablename__ = "stored_versions"
+    __table_args__ = (
+        UniqueConstraint("path", "stage", name="uq_stored_versions_path_stage"),
+        UniqueConstraint("path", "token", name="uq_stored_versions_path_token"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    path: Mapped[str] = mapped_column(String(512), index=True)
+    version_id: Mapped[str] = mapped_column(String(64), unique=True)
+    token: Mapped[str] = mapped_column(String(128))
+    stage: Mapped[str | None] = mapped_column(String(16))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Database:
+    """An engine and session factory for the history database, migrated on `upgrade`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on any error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest migration; safe when several processes start."""
+        from rotator.migrations import upgrade_to_head
+
+        with self._migration_lock():
+            upgrade_to_head(self.engine)
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        if self.is_sqlite:
+            lock_path = self.url.split("///", 1)[-1] + ".migrate.lock"
+            with open(lock_path, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                yield
+            return
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(727100)"))
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(727100)"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class History:
+    """The queries of runs and step events."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def start_run(self, run_id: str, secret: str, trigger: str, slot: str | None) -> Run:
+        with self.database.session() as session:
+            existing = session.get(Run, run_id)
+            if existing is not None:
+                existing.status = "running"
+                existing.finished_at = None
+                existing.error = None
+                return existing
+            run = Run(
+                id=run_id,
+                secret=secret,
+                trigger=trigger,
+                slot=slot,
+                status="running",
+                started_at=utcnow(),
+            )
+            session.add(run)
+            return run
+
+    def record_step(
+        self,
+        run_id: str,
+        step: str,
+        status: str,
+        duration_ms: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        with self.database.session() as session:
+            session.add(
+                StepEvent(
+                    run_id=run_id,
+                    step=step,
+                    status=status,
+                    at=utcnow(),
+                    duration_ms=duration_ms,
+                    detail=detail,
+                )
+            )
+
+    def finish_run(
+        self, run_id: str, status: str, version_id: str | None = None, error: str | None = None
+    ) -> None:
+        with self.database.session() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                return
+            run.status = status
+            run.finished_at = utcnow()
+            run.version_id = version_id
+            run.error = error
+
+    def get_run(self, run_id: str) -> Run | None:
+        with self.database.session() as session:
+            return session.get(Run, run_id)
+
+    def steps(self, run_id: str) -> list[StepEvent]:
+        with self.database.session() as session:
+            query = select(StepEvent).where(StepEvent.run_id == run_id).order_by(StepEvent.id)
+            return list(session.scalars(query))
+
+    def runs(self, secret: str | None = None, limit: int = 50) -> list[Run]:
+        with self.database.session() as session:
+            query = select(Run).order_by(Run.started_at.desc(), Run.id).limit(limit)
+            if secret is not None:
+                query = query.where(Run.secret == secret)
+            return list(session.scalars(query))
+
+    def last_run(self, secret: str, statuses: Sequence[str] | None = None) -> Run | None:
+        with self.database.session() as session:
+            query = select(Run).where(Run.secret == secret)
+            if statuses is not None:
+                query = query.where(Run.status.in_(statuses))
+            query = query.order_by(Run.started_at.desc()).limit(1)
+            return session.scalars(query).first()
+
+    def last_success(self, secret: str) -> Run | None:
+        """The newest run that left a new CURRENT (a rotation or an adoption)."""
+        return self.last_run(secret, ("succeeded", "adopted"))
+
+    def running_runs(self, secret: str) -> list[Run]:
+        """Runs recorded as running; when no live lease backs them they were interrupted."""
+        with self.database.session() as session:
+            query = (
+                select(Run)
+                .where(Run.secret == secret, Run.status == "running")
+                .order_by(Run.started_at.desc())
+            )
+            return list(session.scalars(query))

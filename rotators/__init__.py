@@ -1,0 +1,1 @@
+"""Rotator plugins shipped with rotator; each registers under `rotator.rotators`."""

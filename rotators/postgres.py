@@ -1,0 +1,176 @@
+"""PostgreSQL password rotation, single-user strategy.
+
+`apply` first checks whether PENDING already logs in (a replayed step), then
+logs in with the admin secret's CURRENT (or as the user itself with CURRENT,
+falling back to PREVIOUS as AWS does) and runs ALTER ROLE with a
+SCRAM-SHA-256 verifier computed here, so no plaintext reaches the server or
+its statement log. Identifiers go through `sql.Identifier`, values through
+`sql.Literal`: never string formatting.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import psycopg
+from psycopg import sql
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rotator.base import SecretRotator
+from rotator.credential import Credential
+from rotator.errors import CredentialRejected, TransientError
+from rotator.passwords import generate_password
+
+#: SQLSTATEs meaning "this login was refused" rather than "the server is away".
+_REFUSED = {"28P01", "28000", "3D000"}
+_REFUSED_TEXT = ("password authentication failed", "no pg_hba.conf entry", "not permitted to log")
+
+
+class PostgresTarget(BaseModel):
+    """The `target:` block of a `postgres-password` secret."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(min_length=1)
+    port: int = Field(5432, ge=1, le=65535)
+    dbname: str = "postgres"
+    username: str = Field(min_length=1)
+    admin_secret: str | None = None
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    connect_timeout: int = Field(5, ge=1, le=120)
+
+    @field_validator("username")
+    @classmethod
+    def _fits_in_name(cls, value: str) -> str:
+        if len(value.encode()) > 63:
+            raise ValueError("role names are at most 63 bytes in PostgreSQL")
+        if "\x00" in value:
+            raise ValueError("role names cannot contain NUL")
+        return value
+
+
+def connect_kwargs(target: PostgresTarget, username: str, password: str) -> dict[str, Any]:
+    """Keyword arguments for psycopg.connect; never a DSN string holding a password."""
+    return {
+        "host": target.host,
+        "port": target.port,
+        "dbname": target.dbname,
+        "user": username,
+        "password": password,
+        "sslmode": target.sslmode,
+        "connect_timeout": target.connect_timeout,
+        "application_name": "rotator",
+    }
+
+
+def is_auth_failure(exc: psycopg.Error) -> bool:
+    """True when the server refused the login (as opposed to being unreachable)."""
+    if exc.sqlstate in _REFUSED:
+        return True
+    text = str(exc)
+    return any(marker in text for marker in _REFUSED_TEXT)
+
+
+class PostgresPasswordRotator(SecretRotator):
+    """Rotates the password of one PostgreSQL role."""
+
+    kind: ClassVar[str] = "postgres-password"
+    Target: ClassVar[type[BaseModel]] = PostgresTarget
+    identity_fields: ClassVar[tuple[str, ...]] = ("username", "host", "port")
+
+    target: PostgresTarget
+
+    @classmethod
+    def managed_identity(cls, target: BaseModel) -> tuple[str, ...] | None:
+        assert isinstance(target, PostgresTarget)
+        return ("postgres", target.host, str(target.port), target.username)
+
+    def generate(self, current: Credential | None) -> Credential:
+        return self.complete(Credential(password=generate_password(self.context.password_policy)))
+
+    def complete(self, credential: Credential) -> Credential:
+        """Fill the AWS-style fields (engine, host, port, dbname, username) from the target."""
+        t = self.target
+        defaults = {
+            "engine": "postgres",
+            "host": t.host,
+            "port": t.port,
+            "dbname": t.dbname,
+            "username": t.username,
+        }
+        return Credential({**defaults, **credential.as_dict()})
+
+    def apply(
+        self, pending: Credential, current: Credential | None, previous: Credential | None
+    ) -> None:
+        if self._logs_in(pending):
+            return
+        with self._admin_connection(current, previous) as conn:
+            username = pending.username or self.target.username
+            verifier = conn.pgconn.encrypt_password(
+                str(pending.password).encode(), username.encode(), b"scram-sha-256"
+            )
+            statement = sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
+                sql.Identifier(username), sql.Literal(verifier.decode())
+            )
+            try:
+                conn.execute(statement)
+            except psycopg.errors.InsufficientPrivilege:
+                raise CredentialRejected(
+                    f"the login used for {self._where()} may not change role {username!r}"
+                ) from None
+            except psycopg.errors.UndefinedObject:
+                raise CredentialRejected(
+                    f"role {username!r} does not exist at {self._where()}"
+                ) from None
+
+    def test(self, credential: Credential) -> None:
+        with self._connect(credential) as conn:
+            row = conn.execute("SELECT current_user").fetchone()
+        if row is None or row[0] != credential.username:
+            raise CredentialRejected(f"{self._where()} logged in as another role")
+
+    def _logs_in(self, credential: Credential) -> bool:
+        try:
+            self.test(credential)
+        except CredentialRejected:
+            return False
+        return True
+
+    def _admin_connection(
+        self, current: Credential | None, previous: Credential | None
+    ) -> psycopg.Connection[Any]:
+        """A connection allowed to ALTER ROLE: the admin secret, else the user itself."""
+        if self.target.admin_secret:
+            admin = self.context.lookup_secret(self.target.admin_secret)
+            return self._connect(admin)
+        candidates = [c for c in (current, previous) if c is not None]
+        if not candidates:
+            raise CredentialRejected(
+                f"no way in to {self._where()}: no CURRENT credential and no admin_secret; "
+                "adopt the current password with `rotator put` or set target.admin_secret"
+            )
+        for index, candidate in enumerate(candidates):
+            try:
+                return self._connect(candidate)
+            except CredentialRejected:
+                if index == len(candidates) - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _connect(self, credential: Credential) -> psycopg.Connection[Any]:
+        username = credential.username or self.target.username
+        try:
+            return psycopg.connect(
+                **connect_kwargs(self.target, username, str(credential.password)), autocommit=True
+            )
+        except psycopg.Error as exc:
+            if is_auth_failure(exc):
+                raise CredentialRejected(
+                    f"{self._where()} refused the login of role {username!r}"
+                ) from None
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TransientError(f"{self._where()} unreachable: {reason}") from None
+
+    def _where(self) -> str:
+        return f"postgres {self.target.host}:{self.target.port}/{self.target.dbname}"
