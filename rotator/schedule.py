@@ -320,4 +320,4 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
-__all__ = ["Plan", "SecretSpec", "SecretRotator", "load_plan"]
+__all__ = ["Plan", "SecretRotator", "SecretSpec", "load_plan"]
