@@ -62,7 +62,7 @@ class StoreContext:
 class SecretStore(ABC):
     """A place that keeps secret versions under stages."""
 
-    type: ClassVar[str]
+    store_type: ClassVar[str]
     Config: ClassVar[type[StoreConfig]]
 
     @classmethod

@@ -28,7 +28,7 @@ class EmbeddedStoreConfig(StoreConfig):
 
 
 class EmbeddedStore(SecretStore):
-    type: ClassVar[str] = "embedded"
+    store_type: ClassVar[str] = "embedded"
     Config: ClassVar[type[StoreConfig]] = EmbeddedStoreConfig
 
     def __init__(self, name: str, database: Database, fernet: Fernet) -> None:

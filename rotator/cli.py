@@ -1,0 +1,239 @@
+"""`rotator`: validate, plan, rotate, get, put, history, status, keygen, db, demo.
+
+Every user mistake is one clear line on stderr and exit code 2; a rotation
+that fails is exit code 1; `--debug` shows tracebacks. Only `get` prints a
+secret value, because the user asked for it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from cryptography.fernet import Fernet
+from rich.console import Console
+
+from rotator import cli_render
+from rotator.config import Settings, load_settings
+from rotator.credential import Credential
+from rotator.errors import ConfigError, RotationInProgress, RotatorError
+from rotator.logging import configure_logging
+from rotator.runtime import Runtime, build_runtime, open_database
+from rotator.schedule import load_plan
+from rotator.stores import Stage
+
+app = typer.Typer(
+    help="Rotate secrets declared in schedules.yaml.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="History database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class State:
+    debug = False
+    schedules: Path | None = None
+
+
+SchedulesOption = Annotated[
+    Path | None,
+    typer.Option("--file", "-f", help="schedules.yaml to use (default: ROTATOR_SCHEDULES)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    schedules: SchedulesOption = None,
+) -> None:
+    State.debug = debug
+    State.schedules = schedules
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn our exceptions into one line and an exit code (tracebacks with --debug)."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except RotatorError as exc:
+        if State.debug:
+            raise
+        first, *rest = str(exc).splitlines() or [type(exc).__name__]
+        err.print(f"[bold red]error:[/] {first}", highlight=False, markup=True, soft_wrap=True)
+        for line in rest:
+            err.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+        code = EXIT_USAGE if isinstance(exc, ConfigError | RotationInProgress) else EXIT_FAILED
+        raise typer.Exit(code) from None
+
+
+def _settings(schedules: Path | None = None) -> Settings:
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    chosen = schedules or State.schedules
+    return settings.model_copy(update={"schedules": chosen}) if chosen else settings
+
+
+@contextmanager
+def _runtime(schedules: Path | None = None) -> Iterator[Runtime]:
+    with user_errors():
+        runtime = build_runtime(_settings(schedules))
+        try:
+            yield runtime
+        finally:
+            runtime.close()
+
+
+@app.command()
+def validate(schedules: SchedulesOption = None) -> None:
+    """Check schedules.yaml; list every problem with its file and line."""
+    with user_errors():
+        settings = _settings(schedules)
+        plan = load_plan(settings.schedules)
+        out.print(
+            f"[green]ok[/] {plan.source}: {len(plan.secrets)} secrets, {len(plan.stores)} stores"
+        )
+
+
+@app.command()
+def plan(schedules: SchedulesOption = None, as_json: JsonOption = False) -> None:
+    """Show every secret, where it lives, its schedule and when it is next due."""
+    with _runtime(schedules) as runtime:
+        rows = cli_render.status_rows(runtime)
+        if as_json:
+            out.print_json(data=rows)
+        else:
+            out.print(cli_render.plan_table(rows))
+
+
+@app.command()
+def status(schedules: SchedulesOption = None, as_json: JsonOption = False) -> None:
+    """The last outcome of every secret, and whether a rotation is under way."""
+    with _runtime(schedules) as runtime:
+        rows = cli_render.status_rows(runtime)
+        if as_json:
+            out.print_json(data=rows)
+        else:
+            out.print(cli_render.status_table(rows))
+
+
+@app.command()
+def rotate(
+    names: Annotated[list[str], typer.Argument(help="Secrets to rotate.")],
+    inline: Annotated[
+        bool, typer.Option("--inline", help="Run the engine in this process.")
+    ] = True,
+    schedules: SchedulesOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Rotate secrets now and show the outcome of each."""
+    with _runtime(schedules) as runtime:
+        for name in names:
+            runtime.plan.secret(name)
+        results = []
+        for name in names:
+            with err.status(f"rotating {name} ..."):
+                results.append(runtime.engine.try_run(name, trigger="manual"))
+        if as_json:
+            out.print_json(data=[r.as_dict() for r in results])
+        else:
+            out.print(cli_render.results_table(results))
+        if not all(r.ok for r in results):
+            raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def get(
+    name: str,
+    stage: Annotated[Stage, typer.Option("--stage", case_sensitive=False)] = Stage.CURRENT,
+    schedules: SchedulesOption = None,
+) -> None:
+    """Print a secret's value as JSON (on purpose: the only command that shows one)."""
+    with _runtime(schedules) as runtime:
+        spec = runtime.plan.secret(name)
+        version = runtime.stores.get(spec.store).read(spec.path, stage)
+        if version is None:
+            raise ConfigError(f"secret {name!r} has no {stage.value} version")
+        sys.stdout.write(version.credential.to_json() + "\n")
+
+
+@app.command()
+def put(name: str, schedules: SchedulesOption = None) -> None:
+    """Adopt an existing credential: JSON on stdin becomes CURRENT (recorded in history)."""
+    with _runtime(schedules) as runtime:
+        runtime.plan.secret(name)
+        if sys.stdin.isatty():
+            err.print('reading the credential as JSON from stdin, e.g. {"password": "..."}')
+        text = sys.stdin.read()
+        try:
+            credential = Credential.from_json(text)
+        except ValueError:
+            raise ConfigError(
+                'stdin is not a JSON object (expected e.g. {"password": "..."})'
+            ) from None
+        result = runtime.engine.adopt(name, credential)
+        out.print(f"[green]adopted[/] {name}: version {result.version_id} is CURRENT")
+
+
+@app.command()
+def history(
+    name: Annotated[str | None, typer.Argument(help="Only this secret.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 20,
+    schedules: SchedulesOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Recent runs, newest first, with their steps."""
+    with _runtime(schedules) as runtime:
+        if name is not None:
+            runtime.plan.secret(name)
+        runs = runtime.history.runs(name, limit)
+        if as_json:
+            data = [cli_render.run_dict(runtime, run) for run in runs]
+            out.print_json(data=data)
+        else:
+            out.print(cli_render.history_table(runs))
+
+
+@app.command()
+def keygen() -> None:
+    """Print a new Fernet key for ROTATOR_ENCRYPTION_KEY."""
+    sys.stdout.write(Fernet.generate_key().decode() + "\n")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the history database to the newest schema."""
+    with user_errors():
+        settings = _settings()
+        open_database(settings).dispose()
+        out.print("[green]ok[/] history database at the newest schema")
+
+
+@app.command()
+def demo(
+    rounds: Annotated[int, typer.Option(help="Rotations per demo secret.")] = 2,
+    secrets_count: Annotated[int, typer.Option("--secrets", help="Demo roles.")] = 3,
+) -> None:
+    """Rotate demo roles on a throwaway PostgreSQL and prove every new password."""
+    from rotator.demo import run_demo
+
+    with user_errors():
+        configure_logging("console", "warning")
+        ok = run_demo(out, rounds=rounds, secrets_count=secrets_count)
+    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+def main() -> Any:
+    return app()

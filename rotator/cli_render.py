@@ -1,0 +1,154 @@
+"""Tables and JSON rows for the CLI; names, times and outcomes only, never values."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from rich.table import Table
+
+from rotator.due import next_due
+from rotator.engine import RunResult
+from rotator.history import Run, utcnow
+from rotator.runtime import Runtime
+
+_OUTCOME_STYLE = {
+    "succeeded": "green",
+    "adopted": "cyan",
+    "skipped": "yellow",
+    "rolled_back": "yellow",
+    "failed": "red",
+    "running": "blue",
+}
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _outcome(value: str | None) -> str:
+    if value is None:
+        return "-"
+    return f"[{_OUTCOME_STYLE.get(value, 'white')}]{value}[/]"
+
+
+def status_rows(runtime: Runtime) -> list[dict[str, Any]]:
+    """One row per secret: schedule, last outcome, next due time, run in progress."""
+    now = utcnow()
+    rows = []
+    for name, spec in runtime.plan.secrets.items():
+        last = runtime.history.last_run(name)
+        success = runtime.history.last_success(name)
+        lease = runtime.leases.holder(name)
+        due = next_due(spec, success.finished_at if success else None, now)
+        rows.append(
+            {
+                "secret": name,
+                "rotator": spec.rotator,
+                "store": spec.store,
+                "path": spec.path,
+                "schedule": spec.describe_schedule(),
+                "last_outcome": last.status if last else None,
+                "last_run_at": _iso(last.started_at) if last else None,
+                "last_success_at": _iso(success.finished_at) if success else None,
+                "next_due": _iso(due),
+                "overdue": due <= now,
+                "in_progress": lease is not None,
+                "error": last.error if last and last.status == "failed" else None,
+            }
+        )
+    return rows
+
+
+def _parse(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def plan_table(rows: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title="rotation plan")
+    for column in ("secret", "rotator", "store", "path", "schedule", "next due"):
+        table.add_column(column)
+    for row in rows:
+        due = _when(_parse(row["next_due"]))
+        table.add_row(
+            row["secret"],
+            row["rotator"],
+            row["store"],
+            row["path"],
+            row["schedule"],
+            f"[bold red]{due} (overdue)[/]" if row["overdue"] else due,
+        )
+    return table
+
+
+def status_table(rows: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title="status")
+    for column in ("secret", "last outcome", "last run", "last success", "next due", "now"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["secret"],
+            _outcome(row["last_outcome"]),
+            _when(_parse(row["last_run_at"])),
+            _when(_parse(row["last_success_at"])),
+            _when(_parse(row["next_due"])),
+            "[blue]rotating[/]" if row["in_progress"] else "",
+        )
+    return table
+
+
+def results_table(results: Sequence[RunResult]) -> Table:
+    table = Table(title="rotations")
+    for column in ("secret", "outcome", "run", "version", "took", "detail"):
+        table.add_column(column)
+    for result in results:
+        took = sum(result.timings_ms.values())
+        table.add_row(
+            result.secret,
+            _outcome(result.outcome),
+            result.run_id[:12],
+            (result.version_id or "-")[:12],
+            f"{took} ms" if took else "-",
+            ("resumed an interrupted run. " if result.resumed else "") + (result.error or ""),
+        )
+    return table
+
+
+def history_table(runs: Sequence[Run]) -> Table:
+    table = Table(title="history")
+    for column in ("started", "secret", "trigger", "outcome", "run", "version", "error"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(
+            _when(run.started_at),
+            run.secret,
+            run.trigger,
+            _outcome(run.status),
+            run.id[:12],
+            (run.version_id or "-")[:12],
+            run.error or "",
+        )
+    return table
+
+
+def run_dict(runtime: Runtime, run: Run) -> dict[str, Any]:
+    return {
+        "run_id": run.id,
+        "secret": run.secret,
+        "trigger": run.trigger,
+        "slot": run.slot,
+        "status": run.status,
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "version_id": run.version_id,
+        "error": run.error,
+        "steps": [
+            {"step": e.step, "status": e.status, "at": _iso(e.at), "duration_ms": e.duration_ms}
+            for e in runtime.history.steps(run.id)
+        ],
+    }
