@@ -237,3 +237,7 @@ def demo(
 
 def main() -> Any:
     return app()
+
+
+if __name__ == "__main__":
+    main()

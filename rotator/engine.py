@@ -28,6 +28,7 @@ from tenacity import (
 from rotator.base import RotatorContext, RotatorRegistry, SecretRotator
 from rotator.credential import Credential
 from rotator.errors import (
+    ConfigError,
     CredentialRejected,
     RotationInProgress,
     RotatorError,
@@ -356,7 +357,7 @@ class Engine:
         for field_name in rotator.identity_fields:
             expected = getattr(spec.target, field_name, None)
             if expected is not None and credential.get(field_name) != expected:
-                raise StoreError(
+                raise ConfigError(
                     f"refusing to adopt a value for {name!r}: its {field_name} is "
                     f"{credential.get(field_name)!r} but the target block says {expected!r}"
                 )
