@@ -1,8 +1,9 @@
 """Credential: a secret's fields, safe to pass around, log and raise with.
 
-A credential never shows its values: `repr`, `str`, formatting and pickling
-for logs show field names only. The JSON form exists for the two places a
-value may go, the target and the store, and is asked for by name.
+A credential never shows a confidential value: `repr`, `str` and formatting
+show the public fields (username, host, ...) and `***` for the rest, and
+pickling is refused. The JSON form exists for the two places a value may go,
+the target and the store, and is asked for by name.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class Credential(Mapping[str, Any]):
     """An immutable mapping of a secret's fields whose repr hides every value."""
 
     __slots__ = ("_fields",)
+    _fields: dict[str, Any]
 
     def __init__(self, fields: Mapping[str, Any] | None = None, /, **extra: Any) -> None:
         merged = dict(fields or {})
@@ -26,6 +28,9 @@ class Credential(Mapping[str, Any]):
         object.__setattr__(self, "_fields", merged)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Credential is immutable")
+
+    def __delattr__(self, name: str) -> None:
         raise AttributeError("Credential is immutable")
 
     def __getitem__(self, key: str) -> Any:
@@ -53,6 +58,12 @@ class Credential(Mapping[str, Any]):
 
     def __reduce__(self) -> Any:
         raise TypeError("a Credential is never serialised implicitly; use to_json() on purpose")
+
+    def __copy__(self) -> Credential:
+        return self  # immutable: a copy would be the same value
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Credential:
+        return self
 
     @property
     def username(self) -> str | None:

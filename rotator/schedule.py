@@ -8,23 +8,24 @@ validated by the rotator's own model, and one `StoreConfig` per store.
 
 from __future__ import annotations
 
-import types
-import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rotator.base import RotatorRegistry, SecretRotator, registered_rotators
 from rotator.durations import Duration
 from rotator.errors import ConfigError, UnknownSecret
 from rotator.passwords import PasswordPolicy
-from rotator.stores import StoreConfig, store_class
-from rotator.yamlsource import Loc, SourceDocument, load_yaml
+from rotator.stores import STORE_TYPES, StoreConfig, store_class
+from rotator.yamlsource import Loc, SourceDocument, load_yaml, report_errors
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def _check_timezone(value: str | None) -> str | None:
@@ -35,6 +36,26 @@ def _check_timezone(value: str | None) -> str | None:
             raise ValueError(
                 f"unknown timezone {value!r} (expected an IANA name such as UTC or Europe/Berlin)"
             ) from None
+    return value
+
+
+def _check_cron(value: str | None) -> str | None:
+    """Five fields (minute hour day month weekday) or @daily-style; and it must fire."""
+    if value is None:
+        return value
+    fields = value.split()
+    keyword = len(fields) == 1 and value.strip().startswith("@")
+    if not (keyword or len(fields) == 5) or not croniter.is_valid(value):
+        raise ValueError(
+            f"{value!r} is not a cron expression (expected 5 fields: minute hour day-of-month "
+            "month day-of-week, e.g. '0 3 * * 1', or @daily, @weekly, @monthly)"
+        )
+    try:
+        croniter(value, datetime(2000, 1, 1)).get_next(datetime)
+    except CroniterError:
+        raise ValueError(
+            f"{value!r} never matches a date (expected a day that exists in the month)"
+        ) from None
     return value
 
 
@@ -72,25 +93,18 @@ class SecretEntry(BaseModel):
 
     _tz = field_validator("timezone")(_check_timezone)
 
-    @field_validator("cron")
-    @classmethod
-    def _valid_cron(cls, value: str | None) -> str | None:
-        if value is not None and not croniter.is_valid(value):
-            raise ValueError(
-                f"{value!r} is not a cron expression (expected 5 fields, e.g. '0 3 * * 1')"
-            )
-        return value
+    _cron = field_validator("cron")(_check_cron)
 
 
 class ScheduleFile(BaseModel):
-    """The whole file as written."""
+    """The top level of the file; each section is then checked by its own model."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: Literal[1] = 1
-    defaults: Defaults = Defaults()
-    stores: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    secrets: dict[str, SecretEntry]
+    defaults: dict[str, Any] | None = None
+    stores: dict[str, Any] | None = None
+    secrets: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -145,96 +159,127 @@ class Plan:
 def load_plan(
     path: Path | str,
     rotators: RotatorRegistry | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Plan:
-    """Load and validate schedules.yaml; ConfigError lists every problem found."""
+    """Load and validate schedules.yaml; ConfigError lists every problem found.
+
+    `environ` replaces `os.environ` for `${VAR}` expansion (tests pass their own).
+    """
     doc = load_yaml(Path(path), environ)
     plan = None
     if doc.data is not None:
         plan = _validate(doc, registered_rotators() if rotators is None else rotators)
-    if doc.problems or plan is None:
-        count = len(doc.problems)
+    problems = doc.problems
+    if problems or plan is None:
+        count = len(problems)
         raise ConfigError(
-            f"{path}: {count} problem{'s' if count != 1 else ''}; nothing was loaded", doc.problems
+            f"{path}: {count} problem{'s' if count != 1 else ''}; nothing was loaded", problems
         )
     return plan
 
 
 def _validate(doc: SourceDocument, rotators: RotatorRegistry) -> Plan | None:
-    if not isinstance(doc.data, dict):
+    """Check every part of the file, even after a problem, so all problems are listed."""
+    data = doc.data
+    if not isinstance(data, dict):
         doc.problem(
             (), "the file must be a mapping (expected keys version, defaults, stores, secrets)"
         )
         return None
-    try:
-        raw = ScheduleFile.model_validate(doc.data)
-    except ValidationError as exc:
-        _report(doc, exc, (), ScheduleFile)
-        return None
-    stores = _validate_stores(doc, raw)
+    # Top-level `x-...` keys hold YAML anchors for reuse (as in docker-compose); nothing reads them.
+    _check(doc, ScheduleFile, {k: v for k, v in data.items() if not k.startswith("x-")}, ())
+    blocks = {key: _section(data, key) for key in ("defaults", "stores", "secrets")}
+    defaults = _check(doc, Defaults, blocks["defaults"], ("defaults",)) or Defaults()
+    stores = _validate_stores(doc, blocks["stores"])
     secrets: dict[str, SecretSpec] = {}
-    for name, entry in raw.secrets.items():
-        spec = _validate_secret(doc, name, entry, raw, stores, rotators)
+    for name, block in blocks["secrets"].items():
+        spec = _validate_secret(doc, name, block, defaults, blocks["stores"], rotators)
         if spec is not None:
             secrets[name] = spec
-    _cross_check(doc, secrets, rotators)
+    _cross_check(doc, secrets, blocks["secrets"], rotators)
     return Plan(doc.path, secrets, stores)
 
 
-def _validate_stores(doc: SourceDocument, raw: ScheduleFile) -> dict[str, StoreConfig]:
+def _section(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """A top-level mapping, or {} when absent or not a mapping (ScheduleFile reports that)."""
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _check(doc: SourceDocument, model: type[M], data: Any, loc: Loc) -> M | None:
+    """`model` validated from `data`, or None with each error recorded under `loc`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        report_errors(doc, exc, loc, model)
+        return None
+
+
+def _validate_stores(doc: SourceDocument, blocks: dict[str, Any]) -> dict[str, StoreConfig]:
     stores: dict[str, StoreConfig] = {}
-    for name, block in raw.stores.items():
+    known = ", ".join(sorted(STORE_TYPES))
+    for name, block in blocks.items():
         loc: Loc = ("stores", name)
-        type_name = block.get("type") if isinstance(block, dict) else None
-        if not isinstance(type_name, str):
-            doc.problem(loc, "missing `type` (expected embedded, aws-secrets-manager or vault-kv)")
+        if not isinstance(block, dict):
+            doc.problem(loc, f"got {block!r} (expected a mapping with `type:`, one of: {known})")
+            continue
+        type_name = block.get("type")
+        if type_name is None:
+            doc.problem(loc, f"missing `type` (expected one of: {known})")
+            continue
+        if not isinstance(type_name, str) or type_name not in STORE_TYPES:
+            doc.problem(
+                (*loc, "type"), f"unknown store type {type_name!r} (expected one of: {known})"
+            )
             continue
         try:
             config_model = store_class(type_name).Config
-        except ConfigError as exc:
-            doc.problem((*loc, "type"), str(exc))
+        except ImportError as exc:
+            doc.problem(
+                (*loc, "type"),
+                f"store type {type_name!r} cannot be loaded: {exc} (install what it needs)",
+            )
             continue
-        try:
-            stores[name] = config_model.model_validate(block)
-        except ValidationError as exc:
-            _report(doc, exc, loc, config_model)
+        config = _check(doc, config_model, block, loc)
+        if config is not None:
+            stores[name] = config
     return stores
 
 
 def _validate_secret(
     doc: SourceDocument,
     name: str,
-    entry: SecretEntry,
-    raw: ScheduleFile,
-    stores: dict[str, StoreConfig],
+    block: Any,
+    defaults: Defaults,
+    stores: dict[str, Any],
     rotators: RotatorRegistry,
 ) -> SecretSpec | None:
+    """One secret, every check run even when an earlier one failed."""
     loc: Loc = ("secrets", name)
-    ok = True
-    if (entry.every is None) == (entry.cron is None):
-        doc.problem(loc, "set exactly one of `every` (e.g. 30d) or `cron` (e.g. '0 3 * * 1')")
-        ok = False
-    if entry.store not in raw.stores:
-        known = ", ".join(sorted(raw.stores)) or "none declared under `stores:`"
-        doc.problem((*loc, "store"), f"unknown store {entry.store!r} (expected one of: {known})")
-        ok = False
-    rotator_cls = rotators.get(entry.rotator)
-    target: BaseModel | None = None
-    if rotator_cls is None:
-        known = ", ".join(sorted(rotators)) or "none installed"
+    if not isinstance(block, dict):
         doc.problem(
-            (*loc, "rotator"), f"unknown rotator {entry.rotator!r} (expected one of: {known})"
+            loc, f"got {block!r} (expected a mapping with rotator, store, every or cron, target)"
         )
-        ok = False
-    else:
-        try:
-            target = rotator_cls.Target.model_validate(entry.target)
-        except ValidationError as exc:
-            _report(doc, exc, (*loc, "target"), rotator_cls.Target)
-            ok = False
-    if not ok or target is None:
         return None
-    defaults = raw.defaults
+    entry = _check(doc, SecretEntry, block, loc)
+    ok = _check_schedule_keys(doc, loc, block)
+    store = block.get("store")
+    if isinstance(store, str) and store not in stores:
+        known = ", ".join(sorted(stores)) or "none declared under `stores:`"
+        doc.problem((*loc, "store"), f"unknown store {store!r} (expected one of: {known})")
+        ok = False
+    target = _validate_target(doc, loc, block, rotators)
+    if entry is None or target is None or not ok:
+        return None
+    password = defaults.password
+    if entry.password is not None:
+        explicit = entry.password.model_dump(exclude_unset=True)
+        merged = _check(
+            doc, PasswordPolicy, {**password.model_dump(), **explicit}, (*loc, "password")
+        )
+        if merged is None:
+            return None
+        password = merged
     return SecretSpec(
         name=name,
         rotator=entry.rotator,
@@ -246,78 +291,91 @@ def _validate_secret(
         window=entry.window if entry.window is not None else defaults.window,
         grace=entry.grace if entry.grace is not None else defaults.grace,
         max_attempts=entry.max_attempts or defaults.max_attempts,
-        password=entry.password or defaults.password,
+        password=password,
         rotate_on_adopt=entry.rotate_on_adopt,
         target=target,
     )
 
 
+def _check_schedule_keys(doc: SourceDocument, loc: Loc, block: dict[str, Any]) -> bool:
+    """Exactly one of `every` and `cron`."""
+    every, cron = block.get("every"), block.get("cron")
+    if every is not None and cron is not None:
+        doc.problem(
+            (*loc, "cron"), "both `every` and `cron` are set (expected one of them; remove one)"
+        )
+        return False
+    if every is None and cron is None:
+        doc.problem(
+            loc, "no schedule (expected `every:` such as 30d, or `cron:` such as '0 3 * * 1')"
+        )
+        return False
+    return True
+
+
+def _validate_target(
+    doc: SourceDocument, loc: Loc, block: dict[str, Any], rotators: RotatorRegistry
+) -> BaseModel | None:
+    """The `target:` block, validated by the model of the secret's rotator."""
+    kind = block.get("rotator")
+    if not isinstance(kind, str):
+        return None  # SecretEntry reports a missing or mistyped rotator
+    rotator_cls = rotators.get(kind)
+    if rotator_cls is None:
+        known = ", ".join(sorted(rotators)) or "none installed"
+        doc.problem((*loc, "rotator"), f"unknown rotator {kind!r} (expected one of: {known})")
+        return None
+    raw = block.get("target", {})
+    if not isinstance(raw, dict):
+        return None  # SecretEntry reports a target that is not a mapping
+    return _check(doc, rotator_cls.Target, raw, (*loc, "target"))
+
+
 def _cross_check(
-    doc: SourceDocument, secrets: dict[str, SecretSpec], rotators: RotatorRegistry
+    doc: SourceDocument,
+    secrets: dict[str, SecretSpec],
+    declared: dict[str, Any],
+    rotators: RotatorRegistry,
 ) -> None:
     """References between secrets, and the self-lockout guard."""
+    for name, block in declared.items():
+        _check_admin_secret(doc, name, block, declared)
     managed: dict[tuple[str, ...], str] = {}
     for name, spec in secrets.items():
-        admin = spec.admin_secret
-        if admin is not None:
-            loc: Loc = ("secrets", name, "target", "admin_secret")
-            if admin == name:
-                doc.problem(loc, "a secret cannot be its own admin (name another secret)")
-            elif admin not in doc.data.get("secrets", {}):
-                doc.problem(loc, f"admin secret {admin!r} is not declared under `secrets:`")
         identity = rotators[spec.rotator].managed_identity(spec.target)
         if identity is None:
             continue
-        other = managed.get(identity)
-        if other is not None:
+        other = managed.setdefault(identity, name)
+        if other != name:
             doc.problem(
-                ("secrets", name, "target"),
-                f"manages the same login as secret {other!r}; rotating one would lock the "
-                "other out (give each login one secret)",
+                ("secrets", name, "target", "username"),
+                f"manages the same login as secret {other!r} (line "
+                f"{doc.line_of(('secrets', other))}); rotating one would lock the other out "
+                "(expected one secret per login: remove one, or point them at different logins)",
             )
-        managed[identity] = name
 
 
-def _report(doc: SourceDocument, exc: ValidationError, base: Loc, model: type[BaseModel]) -> None:
-    for error in exc.errors():
-        loc: Loc = (*base, *error["loc"])
-        kind = error["type"]
-        if kind == "extra_forbidden":
-            allowed = _allowed_keys(model, tuple(error["loc"][:-1]))
-            hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
-            doc.problem(loc, f"unknown key{hint}")
-        elif kind == "missing":
-            doc.problem(loc, "required key is missing")
-        else:
-            message = str(error["msg"]).removeprefix("Value error, ")
-            doc.problem(loc, message)
-
-
-def _allowed_keys(model: type[BaseModel], loc: Loc) -> list[str]:
-    """The keys a nested model accepts at `loc`, for 'unknown key' hints."""
-    current: Any = model
-    for part in loc:
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(part))
-            if field is None:
-                return []
-            current = _unwrap(field.annotation)
-        elif typing.get_origin(current) is dict:
-            current = _unwrap(typing.get_args(current)[1])
-        else:
-            return []
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def _unwrap(annotation: Any) -> Any:
-    """`Model | None` -> Model, so nested hints see through optional fields."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        if len(options) == 1:
-            return options[0]
-    return annotation
+def _check_admin_secret(
+    doc: SourceDocument, name: str, block: Any, declared: dict[str, Any]
+) -> None:
+    """`target.admin_secret` names another declared secret (checked even if `name` is invalid)."""
+    target = block.get("target") if isinstance(block, dict) else None
+    admin = target.get("admin_secret") if isinstance(target, dict) else None
+    if not isinstance(admin, str):
+        return
+    loc: Loc = ("secrets", name, "target", "admin_secret")
+    if admin == name:
+        doc.problem(
+            loc,
+            "a secret cannot be its own admin (expected another secret that may change "
+            "this login, e.g. pg-admin)",
+        )
+    elif admin not in declared:
+        others = sorted(other for other in declared if other != name)
+        expected = f"one of: {', '.join(others)}" if others else f"a secret; declare {admin!r}"
+        doc.problem(
+            loc, f"admin secret {admin!r} is not declared under `secrets:` (expected {expected})"
+        )
 
 
 __all__ = ["Plan", "SecretRotator", "SecretSpec", "load_plan"]

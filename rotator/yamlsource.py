@@ -2,21 +2,37 @@
 
 PyYAML silently keeps the last of two equal keys; an ops file with a
 duplicated secret must be refused instead. This module composes the node
-tree itself so every value keeps the line it came from.
+tree itself so every value keeps the line it came from, and turns every
+way a file can be unreadable (missing, not UTF-8, bad syntax, odd tags,
+recursive aliases) into a problem line instead of an exception.
+`report_errors` words a pydantic ValidationError the same way.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import types
+import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 Loc = tuple[str | int, ...]
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+#: Tags a schedules file may use: plain YAML values, nothing that builds objects.
+_PLAIN_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}"
+    for name in ("str", "int", "float", "bool", "null", "timestamp", "map", "seq")
+)
 
 
 @dataclass
@@ -26,7 +42,20 @@ class SourceDocument:
     path: Path
     data: Any = None
     lines: dict[Loc, int] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
+    #: Key paths whose value could not be read and was replaced (by None or "").
+    replaced: set[Loc] = field(default_factory=set)
+    _found: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        """Every problem once, in file order (line by line, then as found)."""
+        seen: set[str] = set()
+        ordered = []
+        for _, text in sorted(self._found, key=lambda item: item[0]):
+            if text not in seen:
+                seen.add(text)
+                ordered.append(text)
+        return ordered
 
     def line_of(self, loc: Loc) -> int:
         """The line of `loc`, or of its nearest parent that has one."""
@@ -36,79 +65,265 @@ class SourceDocument:
                 return line
         return 1
 
-    def problem(self, loc: Loc, message: str) -> None:
+    def problem(self, loc: Loc, message: str, line: int | None = None) -> None:
+        """Record `FILE:LINE: key.path: message`; the line defaults to that of `loc`."""
         dotted = ".".join(str(part) for part in loc) or "(top)"
-        self.problems.append(f"{self.path}:{self.line_of(loc)}: {dotted}: {message}")
+        line = self.line_of(loc) if line is None else line
+        self._found.append((line, f"{self.path}:{line}: {dotted}: {message}"))
+
+    def explained(self, loc: Loc) -> bool:
+        """True when a replaced value at, above or below `loc` already has a problem."""
+        return any(loc[: len(done)] == done or done[: len(loc)] == loc for done in self.replaced)
+
+    def file_problem(self, line: int | None, message: str) -> None:
+        """A problem with the file as a whole (unreadable, not YAML)."""
+        where = f"{self.path}" if line is None else f"{self.path}:{line}"
+        self._found.append((line or 0, f"{where}: {message}"))
 
 
-def load_yaml(path: Path, environ: dict[str, str] | None = None) -> SourceDocument:
+def load_yaml(path: Path, environ: Mapping[str, str] | None = None) -> SourceDocument:
     """Compose `path` into plain data, recording lines and problems instead of raising."""
     doc = SourceDocument(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        doc.problems.append(f"{path}: cannot read: {exc.strerror}")
+    text = _read(doc)
+    if text is None:
         return doc
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        doc.problems.append(f"{path}:{line}: invalid YAML: {exc.problem or exc.context}")
+        what = exc.problem or exc.context or "cannot parse"
+        doc.file_problem(mark.line + 1 if mark else 1, f"invalid YAML: {what}")
+        return doc
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        doc.file_problem(
+            line,
+            f"invalid YAML: control character U+{exc.character:04X} is not allowed (remove it)",
+        )
+        return doc
+    except RecursionError:
+        doc.file_problem(1, "invalid YAML: the file nests too deeply")
+        return doc
+    except yaml.YAMLError as exc:  # pragma: no cover - the two above cover PyYAML's errors
+        doc.file_problem(1, f"invalid YAML: {exc}")
         return doc
     if node is None:
-        doc.problems.append(f"{path}:1: the file is empty (expected a mapping with `secrets:`)")
+        doc.file_problem(1, "the file is empty (expected a mapping with `secrets:`)")
         return doc
-    doc.data = _Builder(doc, os.environ if environ is None else environ).build(node, ())
+    try:
+        doc.data = _Builder(doc, os.environ if environ is None else environ).build(node, ())
+    except RecursionError:
+        doc.file_problem(1, "the file nests too deeply (expected a few levels of keys)")
+        doc.data = None
     return doc
 
 
+def _read(doc: SourceDocument) -> str | None:
+    try:
+        raw = doc.path.read_bytes()
+    except OSError as exc:
+        doc.file_problem(None, f"cannot read: {exc.strerror or exc}")
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        doc.file_problem(line, "cannot read: the file is not UTF-8 text (save it as UTF-8)")
+        return None
+
+
 class _Builder:
-    def __init__(self, doc: SourceDocument, environ: Any) -> None:
+    """Turns a composed node tree into dicts, lists and scalars, noting each key's line."""
+
+    def __init__(self, doc: SourceDocument, environ: Mapping[str, str]) -> None:
         self.doc = doc
         self.environ = environ
         self.constructor = yaml.SafeLoader("")
+        self.active: set[int] = set()
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
         self.doc.lines.setdefault(loc, node.start_mark.line + 1)
+        if id(node) in self.active:
+            return self._unreadable(loc, "an alias refers to itself (expected a finite value)")
+        if node.tag not in _PLAIN_TAGS:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            return self._unreadable(loc, f"unsupported YAML tag {tag} (remove the tag)")
+        self.active.add(id(node))
+        try:
+            return self._build(node, loc)
+        finally:
+            self.active.discard(id(node))
+
+    def _build(self, node: yaml.Node, loc: Loc) -> Any:
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, loc)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*loc, index)) for index, item in enumerate(node.value)]
-        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:str":
+        if node.tag == _STR_TAG:
             return self._expand(str(node.value), loc)
-        return self.constructor.construct_object(node, deep=True)
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc)
+            return self._unreadable(loc, f"cannot read this value: {problem}")
+
+    def _unreadable(self, loc: Loc, message: str) -> None:
+        """Record why the value at `loc` is unusable; validation then stays quiet about it."""
+        self.doc.problem(loc, message)
+        self.doc.replaced.add(loc)
 
     def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
         result: dict[str, Any] = {}
         first_line: dict[str, int] = {}
+        merges: list[tuple[yaml.Node, yaml.Node]] = []
         for key_node, value_node in node.value:
-            key = str(self.constructor.construct_object(key_node, deep=True))
+            if key_node.tag == _MERGE_TAG:
+                merges.append((key_node, value_node))
+                continue
+            key = self._key(key_node)
             line = key_node.start_mark.line + 1
             if key in first_line:
-                self.doc.problems.append(
-                    f"{self.doc.path}:{line}: {'.'.join(map(str, (*loc, key)))}: duplicate key "
-                    f"(first defined on line {first_line[key]}; keep one)"
+                self.doc.problem(
+                    (*loc, key),
+                    f"duplicate key (first defined on line {first_line[key]}; keep one)",
+                    line=line,
                 )
                 continue
             first_line[key] = line
             self.doc.lines[(*loc, key)] = line
             result[key] = self.build(value_node, (*loc, key))
+        self._merge(merges, loc, result)
         return result
+
+    def _merge(
+        self, merges: list[tuple[yaml.Node, yaml.Node]], loc: Loc, result: dict[str, Any]
+    ) -> None:
+        """Add keys brought in by `<<: *anchor`; explicit keys and earlier sources win."""
+        for key, key_node, value_node in self._merge_pairs(merges, loc, set()):
+            if key not in result:
+                self.doc.lines[(*loc, key)] = key_node.start_mark.line + 1
+                result[key] = self.build(value_node, (*loc, key))
+
+    def _merge_pairs(
+        self, merges: list[tuple[yaml.Node, yaml.Node]], loc: Loc, seen: set[int]
+    ) -> Iterator[tuple[str, yaml.Node, yaml.Node]]:
+        """(key, key node, value node) of each merge source, in precedence order."""
+        for merge_key, merge in merges:
+            sources = merge.value if isinstance(merge, yaml.SequenceNode) else [merge]
+            for source in sources:
+                if not isinstance(source, yaml.MappingNode):
+                    self.doc.problem(
+                        (*loc, "<<"),
+                        "`<<` merges a mapping (expected `<<: *anchor` naming a mapping)",
+                        line=merge_key.start_mark.line + 1,
+                    )
+                    continue
+                if id(source) in seen:
+                    continue
+                seen.add(id(source))
+                nested = []
+                for key_node, value_node in source.value:
+                    if key_node.tag == _MERGE_TAG:
+                        nested.append((key_node, value_node))
+                    else:
+                        yield self._key(key_node), key_node, value_node
+                yield from self._merge_pairs(nested, loc, seen)
+
+    def _key(self, node: yaml.Node) -> str:
+        if isinstance(node, yaml.ScalarNode):
+            return str(node.value)
+        return f"<{type(node).__name__} at line {node.start_mark.line + 1}>"
 
     def _expand(self, text: str, loc: Loc) -> str:
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             value = self.environ.get(name)
+            if default is not None and not value:
+                return default  # as in a shell: unset or empty takes the default
             if value is None:
-                if default is not None:
-                    return default
                 self.doc.problem(
                     loc,
                     f"environment variable {name} is not set "
                     f"(set it, or write ${{{name}:-default}})",
                 )
+                self.doc.replaced.add(loc)
                 return ""
             return str(value)
 
         return _VAR.sub(replace, text)
+
+
+_SHOULD = re.compile(r"^(?:Input|String|Value|List|Dictionary|Object) should (?:be|have) ")
+
+
+def report_errors(
+    doc: SourceDocument, exc: ValidationError, base: Loc, model: type[BaseModel]
+) -> None:
+    """Record each pydantic error as a problem under `base`, in the loader's words."""
+    for error in exc.errors():
+        loc: Loc = (*base, *error["loc"])
+        if doc.explained(loc):
+            continue
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(model, tuple(error["loc"][:-1]))
+            doc.problem(loc, "unknown key" + _key_hint(str(loc[-1]), allowed))
+        elif kind == "missing":
+            doc.problem(loc, "required key is missing (add it)")
+        else:
+            doc.problem(loc, _explain(error))
+
+
+def _key_hint(key: str, allowed: list[str]) -> str:
+    """` (did you mean x? expected one of: ...)` for an unknown key."""
+    if not allowed:
+        return ""
+    close = difflib.get_close_matches(key, allowed, n=1)
+    guess = f"did you mean {close[0]}? " if close else ""
+    return f" ({guess}expected one of: {', '.join(allowed)})"
+
+
+def _explain(error: ErrorDetails) -> str:
+    """Pydantic's message as `what is wrong (what is expected)`."""
+    message = str(error["msg"])
+    if error["type"] == "value_error":
+        return message.removeprefix("Value error, ")
+    shown = _shown(error.get("input"))
+    if error["type"] in ("dict_type", "model_type", "model_attributes_type"):
+        return f"got {shown} (expected a mapping of keys)"
+    expected = _SHOULD.sub("", message)
+    if expected != message:
+        return f"got {shown} (expected {expected})"
+    return f"{message} (got {shown})"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _allowed_keys(model: type[BaseModel], loc: Loc) -> list[str]:
+    """The keys a nested model accepts at `loc`, for 'unknown key' hints."""
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return []
+            current = _unwrap(field.annotation)
+        elif typing.get_origin(current) is dict:
+            current = _unwrap(typing.get_args(current)[1])
+        else:
+            return []
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`Model | None` -> Model, so nested hints see through optional fields."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if len(options) == 1:
+            return options[0]
+    return annotation
