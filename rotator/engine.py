@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ from rotator.credential import Credential
 from rotator.errors import (
     ConfigError,
     CredentialRejected,
+    LockLost,
     RotationInProgress,
     RotatorError,
     StoreError,
@@ -175,24 +176,34 @@ class Engine:
 
     def _execute(self, run: _Run) -> RunResult:
         spec = run.spec
-        try:
-            current = run.store.read(spec.path, Stage.CURRENT)
-            previous = run.store.read(spec.path, Stage.PREVIOUS)
-            pending_now = run.store.read(spec.path, Stage.PENDING)
-            if pending_now is None and current is not None and current.token == run.run_id:
-                run.log.info("rotation.already_finished")
-                return self._record_success(run, current)
-            with self._secrets_of(current, previous, pending_now):
+        # The values stay registered until a failure is recorded, so its text is scrubbed too.
+        with ExitStack() as secret_scope:
+            try:
+                current = run.store.read(spec.path, Stage.CURRENT)
+                previous = run.store.read(spec.path, Stage.PREVIOUS)
+                pending_now = run.store.read(spec.path, Stage.PENDING)
+                if pending_now is None and current is not None and current.token == run.run_id:
+                    run.log.info("rotation.already_finished")
+                    return self._record_success(run, current)
+                secret_scope.enter_context(self._secrets_of(current, previous, pending_now))
                 pending = self.create(run, current, pending_now)
-                with secret_values(pending.credential.secret_values()):
-                    self.apply(run, pending, current, previous)
-                    try:
-                        self.test(run, pending)
-                    except CredentialRejected as exc:
-                        return self.rollback(run, pending, current, previous, exc)
-                    return self.finish(run, pending)
-        except RotatorError as exc:
-            return self._record_failure(run, exc)
+                secret_scope.enter_context(secret_values(pending.credential.secret_values()))
+                self.apply(run, pending, current, previous)
+                try:
+                    self.test(run, pending)
+                except CredentialRejected as exc:
+                    return self.rollback(run, pending, current, previous, exc)
+                return self.finish(run, pending)
+            except LockLost as exc:
+                # Another run holds the lease now and may be resuming this very run id:
+                # the history of the run is its to write, not ours.
+                error = scrub(f"{type(exc).__name__}: {exc}")
+                run.log.error("rotation.failed", error=error)
+                return RunResult(
+                    run.run_id, spec.name, "failed", error=error, timings_ms=run.timings_ms
+                )
+            except RotatorError as exc:
+                return self._record_failure(run, exc)
 
     @contextmanager
     def _secrets_of(self, *versions: SecretVersion | None) -> Iterator[None]:
@@ -261,16 +272,19 @@ class Engine:
     ) -> RunResult:
         """The target refused PENDING: put CURRENT back, prove it, drop PENDING."""
         run.log.warning("rotation.rejected", version_id=pending.version_id, error=str(reason))
-        if current is not None:
-            restore = current.credential
-            self._step(
-                run,
-                "rollback",
-                lambda: run.rotator.apply(
-                    restore, pending.credential, previous.credential if previous else None
-                ),
-            )
-            self._step(run, "rollback", lambda: run.rotator.test(restore))
+        if current is None:
+            # Nothing to put back, and apply may have made the target accept PENDING:
+            # dropping it could lose the only credential that works (invariant 1).
+            return self._record_failure(run, reason)
+        restore = current.credential
+        self._step(
+            run,
+            "rollback",
+            lambda: run.rotator.apply(
+                restore, pending.credential, previous.credential if previous else None
+            ),
+        )
+        self._step(run, "rollback", lambda: run.rotator.test(restore))
         run.store.discard_pending(run.spec.path, pending.version_id)
         error = scrub(str(reason))
         self.history.finish_run(run.run_id, "rolled_back", pending.version_id, error)
@@ -317,15 +331,25 @@ class Engine:
     def _guard_identity(
         self, run: _Run, candidate: Credential, current: SecretVersion | None
     ) -> None:
-        """Confused-deputy guard: a new credential must be for the same login as CURRENT."""
-        if current is None:
-            return
+        """Confused-deputy guard: PENDING and CURRENT must be for the login the target names.
+
+        A stored value (planted, or left from an old target block) must never make the
+        rotator change some other login; where the target block does not name a field,
+        the new credential must at least agree with CURRENT.
+        """
+        stored = current.credential if current is not None else None
         for name in run.rotator.identity_fields:
-            if candidate.get(name) != current.credential.get(name):
-                raise StoreError(
-                    f"refusing to rotate {run.spec.name!r}: the new credential's {name} differs "
-                    f"from CURRENT's ({current.credential.get(name)!r}); fix the stored value"
-                )
+            expected = getattr(run.spec.target, name, None)
+            if expected is None and stored is not None:
+                expected = stored.get(name)
+            if expected is None:
+                continue
+            for label, credential in (("new credential", candidate), ("CURRENT", stored)):
+                if credential is not None and credential.get(name) != expected:
+                    raise StoreError(
+                        f"refusing to rotate {run.spec.name!r}: the {label}'s {name} is "
+                        f"{credential.get(name)!r}, expected {expected!r}; fix the stored value"
+                    )
 
     def _hook(self, point: str) -> None:
         if self.step_hook is not None:

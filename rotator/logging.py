@@ -7,6 +7,7 @@ is cut out of every string, wherever it appears.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -48,13 +49,25 @@ def secret_values(values: Iterable[str]) -> Iterator[None]:
                     _known_values[value] = left
 
 
+def _written_forms(value: str) -> list[str]:
+    """`value` as is, and as `repr()` or JSON escape it inside a message; longest first."""
+    forms = {
+        value,
+        repr(value)[1:-1],
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+    }
+    return sorted(forms, key=len, reverse=True)
+
+
 def scrub(text: str, extra: Iterable[str] = ()) -> str:
-    """`text` with every registered (and every `extra`) secret value cut out."""
+    """`text` with every registered (and every `extra`) secret value cut out, escaped or not."""
     with _known_lock:
         values = list(_known_values)
     for value in [*values, *extra]:
-        if value and value in text:
-            text = text.replace(value, REDACTED)
+        for form in _written_forms(value) if value else ():
+            if form in text:
+                text = text.replace(form, REDACTED)
     return text
 
 
