@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -186,6 +186,7 @@ class Engine:
                     run.log.info("rotation.already_finished")
                     return self._record_success(run, current)
                 secret_scope.enter_context(self._secrets_of(current, previous, pending_now))
+                secret_scope.enter_context(self._admin_secrets_of(spec))
                 pending = self.create(run, current, pending_now)
                 secret_scope.enter_context(secret_values(pending.credential.secret_values()))
                 self.apply(run, pending, current, previous)
@@ -204,6 +205,16 @@ class Engine:
                 )
             except RotatorError as exc:
                 return self._record_failure(run, exc)
+
+    @contextmanager
+    def _admin_secrets_of(self, spec: SecretSpec) -> Iterator[None]:
+        """The admin credential a rotator will log in with is scrubbed from logs too."""
+        values: list[str] = []
+        if spec.admin_secret is not None:
+            with suppress(RotatorError):  # a missing admin fails later, in apply, with its reason
+                values = list(self.read_current(spec.admin_secret).secret_values())
+        with secret_values(values):
+            yield
 
     @contextmanager
     def _secrets_of(self, *versions: SecretVersion | None) -> Iterator[None]:

@@ -179,3 +179,26 @@ def test_server_statement_log_holds_verifiers_never_passwords(
         mine = [line for line in alters if f"ALTER ROLE {quoted}" in line]
         assert mine, f"no ALTER ROLE logged for {secret}"
         assert all("PASSWORD 'SCRAM-SHA-256$4096:" in line for line in mine)
+
+
+def test_admin_password_in_a_plugin_message_is_scrubbed(pg_runtime) -> None:
+    """A rotator error that quotes the admin's password never reaches history or the result."""
+    from rotator.errors import TransientError
+    from rotators.postgres import PostgresPasswordRotator
+
+    runtime, _roles = pg_runtime(1)
+    admin_password = runtime.engine.read_current("pg-admin").password
+    assert admin_password
+
+    class Careless(PostgresPasswordRotator):
+        def apply(self, pending, current, previous) -> None:
+            admin = self.context.lookup_secret("pg-admin")
+            raise TransientError(f"could not log in with {admin.password}")
+
+    runtime.engine.rotators = {"postgres-password": Careless}
+    result = runtime.engine.run("db-0")
+    assert result.outcome == "failed"
+    assert result.error and "could not log in with" in result.error
+    assert admin_password not in result.error
+    for step in runtime.history.steps(result.run_id):
+        assert admin_password not in (step.detail or "")
