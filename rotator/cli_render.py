@@ -104,8 +104,9 @@ def status_table(rows: Sequence[dict[str, Any]]) -> Table:
 
 def results_table(results: Sequence[RunResult]) -> Table:
     table = Table(title="rotations")
-    for column in ("secret", "outcome", "run", "version", "took", "detail"):
-        table.add_column(column)
+    for column in ("secret", "outcome", "run", "version", "took"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("detail")
     for result in results:
         took = sum(result.timings_ms.values())
         table.add_row(
@@ -120,17 +121,18 @@ def results_table(results: Sequence[RunResult]) -> Table:
 
 
 def history_table(runs: Sequence[Run]) -> Table:
-    table = Table(title="history")
-    for column in ("started", "secret", "trigger", "outcome", "run", "version", "error"):
-        table.add_column(column)
+    table = Table(title="history (--json for steps and full errors)")
+    for column, width in (("started", 20), ("secret", 10), ("trigger", 7), ("outcome", 11)):
+        table.add_column(column, min_width=width)
+    table.add_column("run", min_width=8, no_wrap=True)
+    table.add_column("error", overflow="ellipsis", no_wrap=True, max_width=30)
     for run in runs:
         table.add_row(
             _when(run.started_at),
             run.secret,
             run.trigger,
             _outcome(run.status),
-            run.id[:12],
-            (run.version_id or "-")[:12],
+            run.id[:8],
             run.error or "",
         )
     return table

@@ -47,6 +47,8 @@ class LocalPostgres:
     """A PostgreSQL cluster of our own: superuser `postgres`, scram-sha-256 everywhere."""
 
     log_statements: bool = False
+    #: pg_hba method for TCP logins; "trust" only for tests proving that we refuse it.
+    host_auth: str = "scram-sha-256"
     host: str = "127.0.0.1"
     port: int = 0
     user: str = "postgres"
@@ -90,7 +92,7 @@ class LocalPostgres:
                 "-U",
                 self.user,
                 f"--pwfile={pwfile}",
-                "--auth-host=scram-sha-256",
+                f"--auth-host={self.host_auth}",
                 "--auth-local=scram-sha-256",
                 "-E",
                 "UTF8",

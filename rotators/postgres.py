@@ -10,6 +10,7 @@ its statement log. Identifiers go through `sql.Identifier`, values through
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, ClassVar, Literal
 
 import psycopg
@@ -18,12 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rotator.base import SecretRotator
 from rotator.credential import Credential
-from rotator.errors import CredentialRejected, TransientError
+from rotator.errors import ConfigError, CredentialRejected, TransientError
 from rotator.passwords import generate_password
 
 #: SQLSTATEs meaning "this login was refused" rather than "the server is away".
 _REFUSED = {"28P01", "28000", "3D000"}
-_REFUSED_TEXT = ("password authentication failed", "no pg_hba.conf entry", "not permitted to log")
+_REFUSED_TEXT = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "not permitted to log",
+    "does not exist",
+)
 
 
 class PostgresTarget(BaseModel):
@@ -79,6 +85,7 @@ class PostgresPasswordRotator(SecretRotator):
     identity_fields: ClassVar[tuple[str, ...]] = ("username", "host", "port")
 
     target: PostgresTarget
+    _password_checks_proven: bool = False
 
     @classmethod
     def managed_identity(cls, target: BaseModel) -> tuple[str, ...] | None:
@@ -129,6 +136,23 @@ class PostgresPasswordRotator(SecretRotator):
             row = conn.execute("SELECT current_user").fetchone()
         if row is None or row[0] != credential.username:
             raise CredentialRejected(f"{self._where()} logged in as another role")
+        self._require_password_checks(credential)
+
+    def _require_password_checks(self, credential: Credential) -> None:
+        """A server that lets any password in (trust) makes a successful login prove nothing."""
+        if self._password_checks_proven:
+            return
+        decoy = credential.replace(password="decoy-" + secrets.token_urlsafe(24))
+        try:
+            self._connect(decoy).close()
+        except CredentialRejected:
+            self._password_checks_proven = True
+            return
+        raise ConfigError(
+            f"{self._where()} lets role {credential.username!r} in with any password "
+            "(trust or ident in pg_hba.conf), so a new password cannot be proven; "
+            "use scram-sha-256 authentication for this role"
+        )
 
     def _logs_in(self, credential: Credential) -> bool:
         try:

@@ -212,3 +212,45 @@ def test_role_change_is_sent_as_a_scram_verifier(pg: PgServer) -> None:
     assert pending.password is not None and pending.password not in str(row[0])
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(**pg.conninfo(user=role, password=password), connect_timeout=5).close()
+
+
+def test_a_server_that_accepts_any_password_is_refused_before_anything_changes(
+    tmp_path, make_runtime, write_schedules
+) -> None:
+    """On a trust server a login proves nothing: the rotation fails and the role is untouched."""
+    from rotator.devservers import LocalPostgres
+
+    trusting = LocalPostgres(host_auth="trust").start()
+    try:
+        with psycopg.connect(**trusting.conninfo(), autocommit=True) as conn:
+            conn.execute("CREATE ROLE trusted_app LOGIN PASSWORD 'initial-password-1'")
+        schedules = write_schedules(
+            f"""
+            version: 1
+            stores: {{local: {{type: embedded}}}}
+            defaults: {{max_attempts: 1}}
+            secrets:
+              app:
+                rotator: postgres-password
+                store: local
+                every: 30d
+                target: {{host: 127.0.0.1, port: {trusting.port}, username: trusted_app}}
+            """
+        )
+        runtime = make_runtime(schedules)
+        runtime.engine.adopt("app", Credential(password="initial-password-1"))
+        verifier_query = "SELECT rolpassword FROM pg_authid WHERE rolname = 'trusted_app'"
+        with psycopg.connect(**trusting.conninfo(), autocommit=True) as conn:
+            before = conn.execute(verifier_query).fetchone()
+        result = runtime.engine.run("app")
+        assert result.outcome == "failed"
+        assert result.error and "any password" in result.error
+        with psycopg.connect(**trusting.conninfo(), autocommit=True) as conn:
+            after = conn.execute(verifier_query).fetchone()
+        assert before is not None and after == before  # no ALTER ROLE reached the server
+        current = runtime.stores.get("local").read("app", Stage.CURRENT)
+        assert current is not None and current.credential.password == "initial-password-1"
+        assert runtime.history.steps(result.run_id)[-1].status == "error"
+        assert [s.step for s in runtime.history.steps(result.run_id)].count("apply") == 0
+    finally:
+        trusting.stop()
