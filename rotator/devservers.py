@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rotator.errors import RotatorError
 
@@ -64,16 +65,23 @@ class LocalPostgres:
     def logfile(self) -> Path:
         return self.workdir / "postgres.log"
 
-    def _run_as(self) -> list[str]:
+    def _server_user(self) -> dict[str, Any]:
         """Run server binaries as `postgres` when we are root (initdb refuses root)."""
         if os.geteuid() != 0:
-            return []
-        return ["runuser", "-u", "postgres", "--"]
+            return {}
+        try:
+            entry = pwd.getpwnam("postgres")
+        except KeyError:
+            raise RotatorError(
+                "running as root needs a 'postgres' system user to own the throwaway "
+                "cluster (initdb refuses root); install the postgresql package"
+            ) from None
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
     def _chown(self, path: Path) -> None:
-        if os.geteuid() == 0:
-            entry = pwd.getpwnam("postgres")
-            os.chown(path, entry.pw_uid, entry.pw_gid)
+        ids = self._server_user()
+        if ids:
+            os.chown(path, ids["user"], ids["group"])
 
     def start(self) -> LocalPostgres:
         self.port = self.port or free_port()
@@ -83,9 +91,8 @@ class LocalPostgres:
         pwfile.write_text(self.password + "\n")
         self._chown(pwfile)
         pwfile.chmod(0o600)
-        subprocess.run(
+        initdb = subprocess.run(
             [
-                *self._run_as(),
                 _pg_bin("initdb"),
                 "-D",
                 str(self.datadir),
@@ -99,10 +106,14 @@ class LocalPostgres:
                 "--locale=C.UTF-8",
                 "--no-sync",
             ],
-            check=True,
             capture_output=True,
+            text=True,
+            **self._server_user(),
         )
         pwfile.unlink()
+        if initdb.returncode != 0:
+            reason = (initdb.stderr or initdb.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise RotatorError(f"initdb failed in {self.workdir}: {reason[0]}")
         options = [
             "-c",
             f"port={self.port}",
@@ -125,13 +136,13 @@ class LocalPostgres:
         ]
         if self.log_statements:
             options += ["-c", "log_statement=all"]
-        log = open(self.logfile, "ab")  # noqa: SIM115 - the server writes to it until stop()
-        self._chown(self.logfile)
-        self._process = subprocess.Popen(
-            [*self._run_as(), _pg_bin("postgres"), "-D", str(self.datadir), *options],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.logfile, "ab") as log:  # the child keeps its own descriptor
+            self._process = subprocess.Popen(
+                [_pg_bin("postgres"), "-D", str(self.datadir), *options],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                **self._server_user(),
+            )
         self._wait_ready()
         return self
 
