@@ -1,4 +1,4 @@
-"""Throwaway local servers: a PostgreSQL cluster with SCRAM auth, a redis-server.
+"""A throwaway local PostgreSQL cluster with SCRAM authentication.
 
 Used by the test suite and by `rotator demo`, so both prove credentials
 against a real server with password authentication (never `trust`). Each
@@ -186,55 +186,3 @@ class LocalPostgres:
             f"{driver}://{self.user}:{quote(self.password, safe='')}"
             f"@{self.host}:{self.port}/postgres"
         )
-
-
-@dataclass
-class LocalRedis:
-    """A redis-server of our own on a free port, keeping nothing on disk."""
-
-    port: int = 0
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rotator-redis-")))
-    _process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> LocalRedis:
-        self.port = self.port or free_port()
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RotatorError("redis-server not found; install it (apt-get install redis-server)")
-        self._process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 0.5),
-            ):
-                return self
-            time.sleep(0.05)
-        raise RotatorError("redis-server did not start within 15s")
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._process.wait(timeout=10)
-        shutil.rmtree(self.workdir, ignore_errors=True)
