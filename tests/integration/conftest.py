@@ -14,7 +14,7 @@ import json
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -297,3 +297,12 @@ def tcp_proxy(pg: PgServer) -> Iterable[Callable[[], TcpProxy]]:
     yield make
     for proxy in made:
         proxy.stop()
+
+
+@pytest.fixture
+def database(history_url: str) -> Iterator[Database]:
+    """A migrated history database on each backend."""
+    database = Database(history_url)
+    database.upgrade()
+    yield database
+    database.dispose()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 
 import pytest
 from cryptography.fernet import Fernet
@@ -17,14 +16,6 @@ from rotator.stores.embedded import EmbeddedStore
 from tests.integration.conftest import stages, stored_rows
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def database(history_url: str) -> Iterator[Database]:
-    database = Database(history_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 @pytest.fixture

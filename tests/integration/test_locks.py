@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -15,14 +14,6 @@ from rotator.locks import LeaseManager
 pytestmark = pytest.mark.integration
 
 SHORT = timedelta(milliseconds=300)
-
-
-@pytest.fixture
-def database(history_url: str) -> Iterator[Database]:
-    database = Database(history_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 @pytest.fixture
