@@ -141,13 +141,14 @@ class Engine:
         spec = self.plan.secret(name)
         run_id = run_id or uuid.uuid4().hex
         with self.leases.hold(name, run_id) as lease:
-            resumed_id = self._interrupted_run(name, run_id)
+            store = self.store_for(spec)
+            resumed_id = self._interrupted_run(spec, store, run_id)
             run_id = resumed_id or run_id
             self.history.start_run(run_id, name, trigger, slot)
             run = _Run(
                 spec=spec,
                 run_id=run_id,
-                store=self.store_for(spec),
+                store=store,
                 rotator=self.rotator_for(spec),
                 lease=lease,
                 log=log.bind(secret=name, run_id=run_id, trigger=trigger),
@@ -167,12 +168,29 @@ class Engine:
         except RotationInProgress as exc:
             return RunResult(run_id or "", name, "skipped", error=str(exc))
 
-    def _interrupted_run(self, name: str, run_id: str) -> str | None:
-        """The newest run of `name` left 'running' by a crash; we hold the lease, so it is dead."""
-        stale = [r for r in self.history.running_runs(name) if r.id != run_id]
-        for older in stale[1:]:
-            self.history.finish_run(older.id, "failed", error="interrupted; superseded by a resume")
-        return stale[0].id if stale else None
+    def _interrupted_run(self, spec: SecretSpec, store: SecretStore, run_id: str) -> str | None:
+        """The run of this secret a crash left unfinished, if any of it is left to finish.
+
+        We hold the lease, so runs still recorded as running are dead. The newest is resumed
+        under its own id when the store still has a PENDING version, or when its version is
+        CURRENT already (only its record is missing). One that left nothing behind, or whose
+        version was dropped or superseded since, is closed as failed: resuming it could
+        re-apply a value that is no longer in the store.
+        """
+        stale = [r for r in self.history.running_runs(spec.name) if r.id != run_id]
+        if not stale:
+            return None
+        newest, *older = stale
+        for run in older:
+            self.history.finish_run(
+                run.id, "failed", error="interrupted; superseded by a later run"
+            )
+        pending = store.read(spec.path, Stage.PENDING)
+        current = store.read(spec.path, Stage.CURRENT)
+        if pending is not None or (current is not None and current.token == newest.id):
+            return newest.id
+        self.history.finish_run(newest.id, "failed", error="interrupted; nothing left to finish")
+        return None
 
     def _execute(self, run: _Run) -> RunResult:
         spec = run.spec
@@ -296,7 +314,9 @@ class Engine:
             ),
         )
         self._step(run, "rollback", lambda: run.rotator.test(restore))
-        run.store.discard_pending(run.spec.path, pending.version_id)
+        self._step(
+            run, "rollback", lambda: run.store.discard_pending(run.spec.path, pending.version_id)
+        )
         error = scrub(str(reason))
         self.history.finish_run(run.run_id, "rolled_back", pending.version_id, error)
         run.log.warning("rotation.rolled_back", version_id=pending.version_id)
@@ -399,10 +419,16 @@ class Engine:
         run_id = uuid.uuid4().hex
         store = self.store_for(spec)
         with self.leases.hold(name, run_id), secret_values(credential.secret_values()):
+            interrupted = self._interrupted_run(spec, store, run_id)
             if store.read(spec.path, Stage.PENDING) is not None:
                 raise RotationInProgress(
                     f"secret {name!r} has a PENDING version from an unfinished rotation; "
                     f"run `rotator rotate {name} --inline` to finish it first"
+                )
+            if interrupted is not None:  # its version is CURRENT: only its record was missing
+                current = store.read(spec.path, Stage.CURRENT)
+                self.history.finish_run(
+                    interrupted, "succeeded", current.version_id if current else None
                 )
             self.history.start_run(run_id, name, "adopt", None)
             version = store.put_current(spec.path, credential, run_id)

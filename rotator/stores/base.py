@@ -4,7 +4,8 @@ Stages follow AWS Secrets Manager: each path has at most one CURRENT, one
 PENDING and one PREVIOUS version. Rules every store keeps:
 
 * `put_pending` is idempotent on `token` (the run id): a second call with the
-  same token returns the version the first call wrote;
+  same token returns the version the first call wrote while it is PENDING; once
+  that version was promoted or dropped the token is spent (`StoreError`);
 * `promote` of a version that is already CURRENT does nothing;
 * `discard_pending` of a version that is no longer PENDING does nothing;
 * unreachable -> `TransientError`; refused (denied, missing) -> `StoreError`;

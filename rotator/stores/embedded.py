@@ -84,6 +84,11 @@ class EmbeddedStore(SecretStore):
                     )
                 ).first()
                 if same_token is not None:
+                    if same_token.stage != Stage.PENDING:
+                        raise StoreError(
+                            f"store {self.name!r}: token {token} at {path!r} was spent on a "
+                            "version that is no longer PENDING"
+                        )
                     return self._decode(same_token)
                 if self._row(session, path, Stage.PENDING) is not None:
                     raise StoreError(f"store {self.name!r}: {path!r} already has a PENDING version")
