@@ -65,6 +65,14 @@ class SecretRotator:
         """What the target's credential logs in as (for the self-lockout guard)."""
         return None
 
+    @classmethod
+    def admin_problem(cls, target: BaseModel, admin_target: BaseModel) -> str | None:
+        """Why the admin secret's credential must not be used for `target`, or None.
+
+        E.g. an admin of another server: its password would be sent there.
+        """
+        return None
+
     def generate(self, current: Credential | None) -> Credential:
         """A new credential, fresh randomness from `secrets`; touches nothing."""
         raise NotImplementedError

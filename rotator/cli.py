@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from cryptography.fernet import Fernet
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 
 from rotator import cli_render
 from rotator.config import Settings, load_settings
@@ -77,6 +78,18 @@ def user_errors() -> Iterator[None]:
             err.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
         code = EXIT_USAGE if isinstance(exc, ConfigError | RotationInProgress) else EXIT_FAILED
         raise typer.Exit(code) from None
+    except SQLAlchemyError as exc:
+        if State.debug:
+            raise
+        # Only the driver's first line: the full text may quote statement parameters.
+        reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()
+        err.print(
+            f"error: history database: {reason[0] if reason else type(exc).__name__}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_FAILED) from None
 
 
 def _settings(schedules: Path | None = None) -> Settings:
@@ -133,15 +146,21 @@ def status(schedules: SchedulesOption = None, as_json: JsonOption = False) -> No
 def rotate(
     names: Annotated[list[str], typer.Argument(help="Secrets to rotate.")],
     inline: Annotated[
-        bool, typer.Option("--inline", help="Run the engine in this process.")
-    ] = True,
+        bool,
+        typer.Option("--inline", help="Run the engine in this process (required for now)."),
+    ] = False,
     schedules: SchedulesOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Rotate secrets now and show the outcome of each."""
+    """Rotate secrets now and show the outcome of each; exit 1 unless every one succeeded."""
     with _runtime(schedules) as runtime:
         for name in names:
             runtime.plan.secret(name)
+        if not inline:
+            raise ConfigError(
+                "queueing rotations for a worker is not available in this version; "
+                "add --inline to rotate in this process"
+            )
         results = []
         for name in names:
             with err.status(f"rotating {name} ..."):
@@ -150,7 +169,7 @@ def rotate(
             out.print_json(data=[r.as_dict() for r in results])
         else:
             out.print(cli_render.results_table(results))
-        if not all(r.ok for r in results):
+        if not all(r.outcome == "succeeded" for r in results):
             raise typer.Exit(EXIT_FAILED)
 
 

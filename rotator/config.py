@@ -62,17 +62,34 @@ class Settings(BaseSettings):
         if self.encryption_key is not None:
             return Fernet(self.encryption_key.get_secret_value().encode())
         key_file = self.var_dir / "rotator.key"
-        if not key_file.exists():
-            self.var_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if not key_file.exists():
+                self._write_key_file(key_file)
+            return Fernet(key_file.read_bytes().strip())
+        except OSError as exc:
+            raise ConfigError(
+                f"ROTATOR_VAR_DIR: cannot use key file {key_file}: {exc.strerror} "
+                "(set ROTATOR_ENCRYPTION_KEY, or point ROTATOR_VAR_DIR at a writable directory)"
+            ) from None
+        except ValueError:
+            raise ConfigError(
+                f"{key_file} does not hold a Fernet key (restore it, or set "
+                "ROTATOR_ENCRYPTION_KEY; values stored under another key cannot be read)"
+            ) from None
+
+    def _write_key_file(self, key_file: Path) -> None:
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        try:
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(Fernet.generate_key())
-            log.warning(
-                "settings.generated_key",
-                path=str(key_file),
-                hint="set ROTATOR_ENCRYPTION_KEY in production (rotator keygen)",
-            )
-        return Fernet(key_file.read_bytes().strip())
+        except FileExistsError:  # another process made it first
+            return
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(Fernet.generate_key())
+        log.warning(
+            "settings.generated_key",
+            path=str(key_file),
+            hint="set ROTATOR_ENCRYPTION_KEY in production (rotator keygen)",
+        )
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -1,6 +1,6 @@
-"""The history database: runs, step events, leases, slot claims, embedded secrets.
+"""The history database: runs, step events, leases, embedded secret versions.
 
-SQLAlchemy 2 typed models and the queries the engine, CLI and beat use. A
+SQLAlchemy 2 typed models and the queries the engine and the CLI use. A
 secret value never enters these tables except `stored_versions.ciphertext`,
 which the embedded store encrypts before it gets here. The schema is created
 and upgraded by alembic (`rotator/migrations`) when a process starts.
@@ -100,19 +100,6 @@ class Lease(Base):
     run_id: Mapped[str | None] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     fence: Mapped[int] = mapped_column(Integer, default=0)
-
-
-class SlotClaim(Base):
-    """A schedule slot already taken by a run: two triggers for one slot make one run."""
-
-    __tablename__ = "slot_claims"
-    __table_args__ = (UniqueConstraint("secret", "slot", name="uq_slot_claims_secret_slot"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    secret: Mapped[str] = mapped_column(String(255))
-    slot: Mapped[str] = mapped_column(String(64))
-    run_id: Mapped[str] = mapped_column(String(64))
-    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class StoredVersion(Base):

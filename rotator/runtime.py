@@ -1,7 +1,7 @@
 """Wiring: settings -> database -> history, leases, stores -> engine.
 
-The CLI, the Celery tasks, beat and the demo all build their engine here,
-so they behave the same.
+Every entry point (the CLI commands, the demo) builds its engine here, so
+they all behave the same.
 """
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
 from rotator.base import registered_rotators
 from rotator.config import Settings, load_settings
 from rotator.engine import Engine, StepHook
+from rotator.errors import ConfigError, TransientError
 from rotator.history import Database, History
 from rotator.locks import LeaseManager
 from rotator.schedule import Plan, load_plan
@@ -35,9 +38,28 @@ class Runtime:
 
 
 def open_database(settings: Settings) -> Database:
-    """The history database, migrated to the newest schema."""
-    database = Database(settings.resolved_database_url)
-    database.upgrade()
+    """The history database, migrated to the newest schema; one clear error if it cannot be."""
+    url = settings.resolved_database_url
+    try:
+        database = Database(url)
+    except (ArgumentError, NoSuchModuleError):
+        raise ConfigError(
+            "ROTATOR_DATABASE_URL: not a database URL rotator can use (expected "
+            "sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"ROTATOR_VAR_DIR / ROTATOR_DATABASE_URL: cannot create the database directory: "
+            f"{exc.strerror}"
+        ) from None
+    try:
+        database.upgrade()
+    except (OperationalError, OSError) as exc:
+        database.dispose()
+        where = database.engine.url.render_as_string(hide_password=True)
+        reason = getattr(exc, "orig", None) or exc
+        first_line = str(reason).strip().splitlines()[0] if str(reason).strip() else ""
+        raise TransientError(f"history database {where} unusable: {first_line}") from None
     return database
 
 

@@ -340,6 +340,11 @@ def _cross_check(
     """References between secrets, and the self-lockout guard."""
     for name, block in declared.items():
         _check_admin_secret(doc, name, block, declared)
+    for name, spec in secrets.items():
+        admin = secrets.get(spec.admin_secret or "")
+        problem = admin and rotators[spec.rotator].admin_problem(spec.target, admin.target)
+        if problem:
+            doc.problem(("secrets", name, "target", "admin_secret"), problem)
     managed: dict[tuple[str, ...], str] = {}
     for name, spec in secrets.items():
         identity = rotators[spec.rotator].managed_identity(spec.target)

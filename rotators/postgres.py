@@ -11,6 +11,8 @@ its statement log. Identifiers go through `sql.Identifier`, values through
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 import psycopg
@@ -30,6 +32,10 @@ _REFUSED_TEXT = (
     "not permitted to log",
     "does not exist",
 )
+
+
+#: Never answer a server that asks for the cleartext password (libpq >= 16 can refuse it).
+_NO_CLEARTEXT = {"require_auth": "!password"} if psycopg.pq.version() >= 160000 else {}
 
 
 class PostgresTarget(BaseModel):
@@ -66,6 +72,7 @@ def connect_kwargs(target: PostgresTarget, username: str, password: str) -> dict
         "sslmode": target.sslmode,
         "connect_timeout": target.connect_timeout,
         "application_name": "rotator",
+        **_NO_CLEARTEXT,
     }
 
 
@@ -92,6 +99,19 @@ class PostgresPasswordRotator(SecretRotator):
         assert isinstance(target, PostgresTarget)
         return ("postgres", target.host, str(target.port), target.username)
 
+    @classmethod
+    def admin_problem(cls, target: BaseModel, admin_target: BaseModel) -> str | None:
+        assert isinstance(target, PostgresTarget)
+        if not isinstance(admin_target, PostgresTarget):
+            return "the admin secret is not a postgres-password secret (expected an admin login)"
+        if (admin_target.host, admin_target.port) != (target.host, target.port):
+            return (
+                f"the admin secret logs in to {admin_target.host}:{admin_target.port}, not "
+                f"{target.host}:{target.port}; its password would be sent to another server "
+                "(expected an admin secret for the same server)"
+            )
+        return None
+
     def generate(self, current: Credential | None) -> Credential:
         return self.complete(Credential(password=generate_password(self.context.password_policy)))
 
@@ -105,6 +125,12 @@ class PostgresPasswordRotator(SecretRotator):
             "dbname": t.dbname,
             "username": t.username,
         }
+        password = credential.get("password")
+        if not isinstance(password, str) or not password:
+            raise ConfigError(
+                f"a {self.kind} value needs a non-empty string `password` field "
+                '(expected e.g. {"password": "..."})'
+            )
         return Credential({**defaults, **credential.as_dict()})
 
     def apply(
@@ -120,19 +146,11 @@ class PostgresPasswordRotator(SecretRotator):
             statement = sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
                 sql.Identifier(username), sql.Literal(verifier.decode())
             )
-            try:
+            with self._statement_errors(username):
                 conn.execute(statement)
-            except psycopg.errors.InsufficientPrivilege:
-                raise CredentialRejected(
-                    f"the login used for {self._where()} may not change role {username!r}"
-                ) from None
-            except psycopg.errors.UndefinedObject:
-                raise CredentialRejected(
-                    f"role {username!r} does not exist at {self._where()}"
-                ) from None
 
     def test(self, credential: Credential) -> None:
-        with self._connect(credential) as conn:
+        with self._connect(credential) as conn, self._statement_errors(credential.username):
             row = conn.execute("SELECT current_user").fetchone()
         if row is None or row[0] != credential.username:
             raise CredentialRejected(f"{self._where()} logged in as another role")
@@ -153,6 +171,28 @@ class PostgresPasswordRotator(SecretRotator):
             "(trust or ident in pg_hba.conf), so a new password cannot be proven; "
             "use scram-sha-256 authentication for this role"
         )
+
+    @contextmanager
+    def _statement_errors(self, username: str | None) -> Iterator[None]:
+        """psycopg errors of a statement as ours: refused, or retry when the link broke."""
+        try:
+            yield
+        except psycopg.errors.InsufficientPrivilege:
+            raise CredentialRejected(
+                f"the login used for {self._where()} may not change role {username!r} "
+                "(it needs CREATEROLE, and on PostgreSQL 16+ ADMIN OPTION on that role)"
+            ) from None
+        except psycopg.errors.UndefinedObject:
+            raise CredentialRejected(
+                f"role {username!r} does not exist at {self._where()}"
+            ) from None
+        except psycopg.OperationalError as exc:
+            raise TransientError(f"{self._where()}: connection lost ({exc.sqlstate})") from None
+        except psycopg.Error as exc:
+            raise CredentialRejected(
+                f"{self._where()} refused a statement for role {username!r} "
+                f"(SQLSTATE {exc.sqlstate}: {type(exc).__name__})"
+            ) from None
 
     def _logs_in(self, credential: Credential) -> bool:
         try:

@@ -1,4 +1,4 @@
-"""The initial schema: runs, step events, leases, slot claims, stored versions.
+"""The initial schema: runs, step events, leases, stored versions.
 
 Revision ID: 0001
 Revises:
@@ -50,15 +50,6 @@ def upgrade() -> None:
         sa.Column("fence", sa.Integer(), nullable=False),
     )
     op.create_table(
-        "slot_claims",
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
-        sa.Column("secret", sa.String(255), nullable=False),
-        sa.Column("slot", sa.String(64), nullable=False),
-        sa.Column("run_id", sa.String(64), nullable=False),
-        sa.Column("claimed_at", sa.DateTime(), nullable=False),
-        sa.UniqueConstraint("secret", "slot", name="uq_slot_claims_secret_slot"),
-    )
-    op.create_table(
         "stored_versions",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column("path", sa.String(512), nullable=False),
@@ -74,5 +65,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("stored_versions", "slot_claims", "leases", "step_events", "runs"):
+    for table in ("stored_versions", "leases", "step_events", "runs"):
         op.drop_table(table)

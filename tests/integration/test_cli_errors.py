@@ -1,0 +1,125 @@
+"""Bad settings and bad input at the CLI: one clear line and the right exit code, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from rotator.devservers import free_port
+from rotator.history import Database
+from rotator.locks import LeaseManager
+from tests.integration.test_cli import Cli
+
+pytestmark = pytest.mark.integration
+
+SCHEDULES = """\
+version: 1
+stores: {local: {type: embedded}}
+secrets:
+  app-db:
+    rotator: postgres-password
+    store: local
+    every: 30d
+    target: {host: 127.0.0.1, port: 5432, username: app}
+"""
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    schedules = tmp_path / "schedules.yaml"
+    schedules.write_text(SCHEDULES)
+    return Cli(tmp_path, schedules)
+
+
+def one_clean_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_a_database_url_that_is_not_one_names_the_variable(cli: Cli) -> None:
+    result = cli("status", ROTATOR_DATABASE_URL="nonsense://somewhere")
+    assert result.returncode == 2
+    assert "ROTATOR_DATABASE_URL" in one_clean_line(result.stderr)
+
+
+def test_an_unreachable_history_database_is_one_line_without_its_password(cli: Cli) -> None:
+    url = f"postgresql+psycopg://rotator:hist-pass-123@127.0.0.1:{free_port()}/rotator"
+    result = cli("status", ROTATOR_DATABASE_URL=url)
+    assert result.returncode == 1
+    line = one_clean_line(result.stderr)
+    assert "history database" in line and "127.0.0.1" in line
+    assert "hist-pass-123" not in result.stderr + result.stdout
+
+
+def test_a_damaged_key_file_names_the_file(cli: Cli, tmp_path: Path) -> None:
+    key_file = tmp_path / "var" / "rotator.key"
+    key_file.parent.mkdir(parents=True)
+    key_file.write_text("not a key")
+    env = {k: v for k, v in cli.env.items() if k != "ROTATOR_ENCRYPTION_KEY"}
+    cli.env = env
+    result = cli("put", "app-db", stdin=json.dumps({"password": "p" * 20}))
+    assert result.returncode == 2
+    assert str(key_file) in one_clean_line(result.stderr)
+
+
+def test_an_unusable_var_dir_names_the_variable(cli: Cli, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = cli("status", ROTATOR_VAR_DIR=str(blocker / "var"))
+    assert result.returncode == 2
+    assert "ROTATOR_VAR_DIR" in one_clean_line(result.stderr)
+
+
+@pytest.mark.parametrize("value", ["{}", '{"password": 5}', '{"password": ""}'])
+def test_put_refuses_a_value_without_a_password(cli: Cli, value: str) -> None:
+    result = cli("put", "app-db", stdin=value)
+    assert result.returncode == 2
+    assert "password" in one_clean_line(result.stderr)
+
+
+def test_rotate_without_inline_says_how_to_run_it(cli: Cli) -> None:
+    result = cli("rotate", "app-db")
+    assert result.returncode == 2
+    assert "--inline" in one_clean_line(result.stderr)
+
+
+def test_a_rotation_already_in_progress_is_reported_and_exits_1(cli: Cli, tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'var' / 'rotator.db'}")
+    database.upgrade()
+    LeaseManager(database, timedelta(minutes=5)).try_acquire("app-db", "another-worker")
+    database.dispose()
+    result = cli("rotate", "app-db", "--inline", "--json")
+    assert result.returncode == 1
+    outcome = json.loads(result.stdout)[0]
+    assert outcome["outcome"] == "skipped" and "another run" in outcome["error"]
+
+
+def test_an_admin_of_another_server_is_refused_at_validation(cli: Cli, tmp_path: Path) -> None:
+    schedules = tmp_path / "two-servers.yaml"
+    schedules.write_text(
+        textwrap.dedent("""\
+        version: 1
+        stores: {local: {type: embedded}}
+        secrets:
+          pg-admin:
+            rotator: postgres-password
+            store: local
+            every: 30d
+            target: {host: db-a.internal, username: admin}
+          app-db:
+            rotator: postgres-password
+            store: local
+            every: 30d
+            target: {host: db-b.internal, username: app, admin_secret: pg-admin}
+        """)
+    )
+    result = cli("validate", "-f", str(schedules))
+    assert result.returncode == 2
+    assert f"{schedules}:13: secrets.app-db.target.admin_secret" in result.stderr
+    assert "another server" in result.stderr
