@@ -134,10 +134,11 @@ def pg_runtime(
         count: int = 1, step_hook: StepHook | None = None, roles: dict[str, str] | None = None
     ) -> tuple[Runtime, dict[str, str]]:
         roles = roles or {f"db-{i}": unique_role() for i in range(count)}
-        for role in roles.values():
-            pg.create_role(role, secrets.token_urlsafe(16))
         admin_role, admin_password = unique_role("admin"), secrets.token_urlsafe(16)
         pg.create_role(admin_role, admin_password, "CREATEROLE")
+        for role in roles.values():
+            pg.create_role(role, secrets.token_urlsafe(16))
+            pg.grant_admin(role, admin_role)
         schedules = write_schedules(pg_schedules(pg, roles, admin_role))
         runtime = make_runtime(schedules, step_hook=step_hook)
         runtime.engine.adopt("pg-admin", Credential(password=admin_password))

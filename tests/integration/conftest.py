@@ -184,10 +184,12 @@ def pg_plan(
         initial.update(passwords or {})
         admin_role = unique_role("admin")
         initial[admin_role] = admin_password or secrets.token_urlsafe(16)
-        for role in roles.values():
-            pg.create_role(role, initial[role])
-        pg.create_role(admin_role, initial[admin_role], "CREATEROLE")
         self_managed = set(self_managed)
+        pg.create_role(admin_role, initial[admin_role], "CREATEROLE")
+        for name, role in roles.items():
+            pg.create_role(role, initial[role])
+            if name not in self_managed:
+                pg.grant_admin(role, admin_role)
         base = {"host": pg.host, "port": pg.port, "dbname": pg.dbname}
         entries: dict[str, dict[str, Any]] = {
             "pg-admin": {

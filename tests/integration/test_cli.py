@@ -53,6 +53,7 @@ def cli_setup(pg: PgServer, tmp_path: Path) -> tuple[Cli, dict[str, str], dict[s
     passwords = {admin_role: secrets.token_urlsafe(16), role: secrets.token_urlsafe(16)}
     pg.create_role(admin_role, passwords[admin_role], "CREATEROLE")
     pg.create_role(role, passwords[role])
+    pg.grant_admin(role, admin_role)
     schedules = tmp_path / "schedules.yaml"
     schedules.write_text(pg_schedules(pg, {"db-0": role}, admin_role))
     return Cli(tmp_path, schedules), {"pg-admin": admin_role, "db-0": role}, passwords
@@ -66,7 +67,7 @@ def test_adopt_rotate_get_history_without_showing_values(
 
     adopted = cli("put", "pg-admin", stdin=json.dumps({"password": admin_password}))
     assert adopted.returncode == 0, adopted.stderr
-    rotated = cli("rotate", "db-0", "--json")
+    rotated = cli("rotate", "db-0", "--inline", "--json")
     assert rotated.returncode == 0, rotated.stderr
     assert json.loads(rotated.stdout)[0]["outcome"] == "succeeded"
 
@@ -76,7 +77,10 @@ def test_adopt_rotate_get_history_without_showing_values(
     assert value["username"] == roles["db-0"] and value["engine"] == "postgres"
     assert pg.logs_in(roles["db-0"], value["password"])
     previous = cli("get", "db-0", "--stage", "previous")
-    assert previous.returncode != 0  # the first rotation had no CURRENT to keep
+    # the first rotation had no CURRENT to keep: a usage error naming the stage, not a crash
+    assert previous.returncode == 2, previous.stderr
+    assert "previous" in previous.stderr.lower() and "db-0" in previous.stderr
+    assert "Traceback" not in previous.stderr and previous.stdout == ""
 
     outputs = [
         adopted,
@@ -119,7 +123,7 @@ def test_unknown_secret_is_one_line_and_exit_2(
     cli_setup: tuple[Cli, dict[str, str], dict[str, str]],
 ) -> None:
     cli, _roles, _ = cli_setup
-    result = cli("rotate", "no-such-secret")
+    result = cli("rotate", "no-such-secret", "--inline")
     assert result.returncode == 2
     assert "no-such-secret" in result.stderr and "db-0" in result.stderr
     assert "Traceback" not in result.stderr
@@ -156,7 +160,7 @@ def test_failed_rotation_exits_1_and_keeps_current(
 ) -> None:
     cli, roles, passwords = cli_setup
     cli("put", "pg-admin", stdin=json.dumps({"password": "wrong-admin-password"}))
-    result = cli("rotate", "db-0")
+    result = cli("rotate", "db-0", "--inline")
     assert result.returncode == 1
     assert "failed" in result.stdout
     assert pg.logs_in(roles["db-0"], passwords[roles["db-0"]])

@@ -56,9 +56,12 @@ def test_crash_at_step_boundary_is_resumed_to_one_new_credential(
     old = plan.store.read("db-0", Stage.CURRENT)
     assert old is not None
     crashing = plan.new_runtime(step_hook=crash_at(point))
+    role = plan.roles["db-0"]
+    old_verifier = plan.pg.verifier(role)
 
     with pytest.raises(Crash):
         crashing.engine.run("db-0", run_id="crashed-run")
+    crash_verifier = plan.pg.verifier(role)
 
     after_crash = stages(plan.store, "db-0")
     new = after_crash[Stage.CURRENT] if point == "promoted" else after_crash[Stage.PENDING]
@@ -70,8 +73,10 @@ def test_crash_at_step_boundary_is_resumed_to_one_new_credential(
     assert crashing.leases.holder("db-0") is None  # the in-process crash released its lease
     crashed = crashing.history.get_run("crashed-run")
     assert crashed is not None and crashed.status == "running"
+    assert (crash_verifier == old_verifier) is (point == "created")  # applied iff past "created"
 
     result = plan.new_runtime().engine.run("db-0")
+    end_verifier = plan.pg.verifier(role)
 
     assert result.outcome == "succeeded"
     assert result.resumed and result.run_id == "crashed-run"
@@ -88,8 +93,13 @@ def test_crash_at_step_boundary_is_resumed_to_one_new_credential(
     assert [r.version_id for r in runs if r.id == "crashed-run"] == [new.version_id]
     finishes = [e for e in plan.runtime.history.steps("crashed-run") if e.step == "finish"]
     assert len(finishes) == 1
+    # Each ALTER ROLE stores a freshly salted verifier: an unchanged one means no second ALTER.
+    if point == "created":
+        assert end_verifier != crash_verifier  # the resume applied PENDING
+    else:
+        assert end_verifier == crash_verifier  # applied before the crash, not again on resume
     altered = alter_role_count(plan, "db-0")
-    if altered is not None:
+    if altered is not None:  # where the statement log is readable, count the statements too
         assert altered == 2  # the first rotation and this one: applied once, even when replayed
 
 

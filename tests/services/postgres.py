@@ -67,6 +67,23 @@ class PgServer:
                 )
             )
 
+    def grant_admin(self, role: str, admin: str) -> None:
+        """Let `admin` (a CREATEROLE role) change `role`: PostgreSQL 16+ requires ADMIN OPTION."""
+        with self.admin() as conn:
+            conn.execute(
+                sql.SQL("GRANT {} TO {} WITH ADMIN OPTION").format(
+                    sql.Identifier(role), sql.Identifier(admin)
+                )
+            )
+
+    def verifier(self, role: str) -> str | None:
+        """`role`'s stored password (pg_authid.rolpassword); each ALTER ROLE salts it anew."""
+        with self.admin() as conn:
+            row = conn.execute(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)
+            ).fetchone()
+        return None if row is None else row[0]
+
     def create_database(self) -> str:
         name = "hist_" + secrets.token_hex(6)
         with self.admin() as conn:
