@@ -196,7 +196,7 @@ def pg_plan(
                 "rotator": "postgres-password",
                 "store": "local",
                 "every": "30d",
-                "target": {**base, "username": admin_role},
+                "target": {**base, "username": admin_role, **(targets or {}).get("pg-admin", {})},
             }
         }
         for name, role in roles.items():

@@ -1,4 +1,4 @@
-"""Bad settings and bad input at the CLI: one clear line and the right exit code, never a traceback."""
+"""Bad settings and input at the CLI: one clear line, the right exit code, no traceback."""
 
 from __future__ import annotations
 

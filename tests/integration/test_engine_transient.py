@@ -34,7 +34,8 @@ def flaky_apply(failures: int) -> type[PostgresPasswordRotator]:
 
 def behind_proxy(pg_plan: PgPlanFactory, proxy: TcpProxy) -> PgPlan:
     """db-0's target is reached through `proxy`; its CURRENT is the role's real password."""
-    plan = pg_plan(targets={"db-0": {"port": proxy.port}})
+    # The admin logs in to the same (proxied) server: validation refuses an admin elsewhere.
+    plan = pg_plan(targets={"db-0": {"port": proxy.port}, "pg-admin": {"port": proxy.port}})
     role = plan.roles["db-0"]
     plan.runtime.engine.adopt("db-0", Credential(password=plan.initial[role]))
     return plan
