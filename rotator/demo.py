@@ -73,6 +73,13 @@ def _create_roles(server: LocalPostgres, passwords: dict[str, str], admin_role: 
                     sql.Identifier(role), sql.SQL(extra), sql.Literal(verifier)
                 )
             )
+        for role in passwords:
+            if role != admin_role:  # PostgreSQL 16+: CREATEROLE needs ADMIN OPTION per role
+                conn.execute(
+                    sql.SQL("GRANT {} TO {} WITH ADMIN OPTION").format(
+                        sql.Identifier(role), sql.Identifier(admin_role)
+                    )
+                )
 
 
 def run_demo(console: Console, rounds: int = 2, secrets_count: int = 3) -> bool:
