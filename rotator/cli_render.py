@@ -9,7 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from rotator.due import next_due
-from rotator.engine import RunResult
+from rotator.results import RunResult
 from rotator.history import Run, utcnow
 from rotator.runtime import Runtime
 

@@ -39,9 +39,12 @@ from rotator.errors import (
 from rotator.history import History
 from rotator.locks import LeaseManager, SecretLease
 from rotator.logging import scrub, secret_values
+from rotator.results import RunResult
 from rotator.schedule import Plan, SecretSpec
 from rotator.stores import SecretStore, SecretVersion, Stage
 from rotator.storeset import StoreSet
+
+__all__ = ["Engine", "RunResult", "StepHook"]
 
 log = structlog.get_logger("rotator.engine")
 T = TypeVar("T")
@@ -49,34 +52,6 @@ T = TypeVar("T")
 #: Called after each step with its name (created, applied, tested, promoted).
 #: Tests use it to crash a run at a step boundary.
 StepHook = Callable[[str], None]
-
-
-@dataclass
-class RunResult:
-    """What a run did; never holds a secret value, safe as a Celery result."""
-
-    run_id: str
-    secret: str
-    outcome: str
-    version_id: str | None = None
-    error: str | None = None
-    resumed: bool = False
-    timings_ms: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome in ("succeeded", "adopted", "skipped")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "secret": self.secret,
-            "outcome": self.outcome,
-            "version_id": self.version_id,
-            "error": self.error,
-            "resumed": self.resumed,
-            "timings_ms": dict(self.timings_ms),
-        }
 
 
 @dataclass
