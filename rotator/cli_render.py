@@ -9,8 +9,8 @@ from typing import Any
 from rich.table import Table
 
 from rotator.due import next_due
-from rotator.results import RunResult
 from rotator.history import Run, utcnow
+from rotator.results import RunResult
 from rotator.runtime import Runtime
 
 _OUTCOME_STYLE = {
