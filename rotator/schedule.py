@@ -27,6 +27,12 @@ from rotator.yamlsource import Loc, SourceDocument, load_yaml, report_errors
 
 M = TypeVar("M", bound=BaseModel)
 
+#: The history database keeps secret names in VARCHAR(255) and store paths in VARCHAR(512).
+MAX_NAME_CHARS = 200
+MAX_PATH_CHARS = 512
+#: Store types whose stores all keep versions in one place, keyed by path alone.
+_SHARED_STORE_TYPES = {"embedded": "embedded stores share one table in the history database"}
+
 
 def _check_timezone(value: str | None) -> str | None:
     if value is not None:
@@ -56,6 +62,20 @@ def _check_cron(value: str | None) -> str | None:
         raise ValueError(
             f"{value!r} never matches a date (expected a day that exists in the month)"
         ) from None
+    return value
+
+
+def _check_path(value: str | None) -> str | None:
+    if value is None:
+        return value
+    if not value.strip():
+        raise ValueError(
+            "path is empty (expected a non-empty key inside the store, or leave `path` out)"
+        )
+    if len(value) > MAX_PATH_CHARS:
+        raise ValueError(
+            f"path is {len(value)} characters long (expected at most {MAX_PATH_CHARS})"
+        )
     return value
 
 
@@ -94,6 +114,8 @@ class SecretEntry(BaseModel):
     _tz = field_validator("timezone")(_check_timezone)
 
     _cron = field_validator("cron")(_check_cron)
+
+    _path = field_validator("path")(_check_path)
 
 
 class ScheduleFile(BaseModel):
@@ -197,6 +219,7 @@ def _validate(doc: SourceDocument, rotators: RotatorRegistry) -> Plan | None:
         if spec is not None:
             secrets[name] = spec
     _cross_check(doc, secrets, blocks["secrets"], rotators)
+    _check_store_paths(doc, blocks["secrets"], blocks["stores"])
     return Plan(doc.path, secrets, stores)
 
 
@@ -263,6 +286,12 @@ def _validate_secret(
         return None
     entry = _check(doc, SecretEntry, block, loc)
     ok = _check_schedule_keys(doc, loc, block)
+    if not 1 <= len(name) <= MAX_NAME_CHARS:
+        doc.problem(
+            loc,
+            f"secret name is {len(name)} characters long (expected 1 to {MAX_NAME_CHARS})",
+        )
+        ok = False
     store = block.get("store")
     if isinstance(store, str) and store not in stores:
         known = ", ".join(sorted(stores)) or "none declared under `stores:`"
@@ -358,6 +387,52 @@ def _cross_check(
                 f"{doc.line_of(('secrets', other))}); rotating one would lock the other out "
                 "(expected one secret per login: remove one, or point them at different logins)",
             )
+
+
+def _check_store_paths(
+    doc: SourceDocument, declared: dict[str, Any], stores: dict[str, Any]
+) -> None:
+    """No two secrets keep their versions at one place: they would overwrite each other.
+
+    A place is (store, path or name). Stores of a type in _SHARED_STORE_TYPES are one place
+    for this purpose, whatever their names. Secrets whose store or path is invalid are left
+    out: those problems are reported already.
+    """
+    owners: dict[tuple[tuple[str, str], str], tuple[str, str]] = {}
+    for name, block in declared.items():
+        if not isinstance(block, dict):
+            continue
+        store, path = block.get("store"), block.get("path")
+        path = name if path is None else path
+        if not isinstance(store, str) or not isinstance(stores.get(store), dict):
+            continue
+        if doc.explained(("secrets", name, "path")):
+            continue  # a variable in it is unset: that is the problem to fix first
+        if not isinstance(path, str) or _check_quietly(path) is None:
+            continue
+        store_type = stores[store].get("type")
+        shared = _SHARED_STORE_TYPES.get(store_type) if isinstance(store_type, str) else None
+        place = (("type", store_type) if shared else ("store", store), path)
+        other = owners.setdefault(place, (name, store))
+        if other[0] == name:
+            continue
+        loc: Loc = ("secrets", name, "path") if "path" in block else ("secrets", name)
+        where = f" in store {other[1]!r}" if other[1] != store else ""
+        why = f"{shared}, so " if where and shared else ""
+        doc.problem(
+            loc,
+            f"store path {path!r} in store {store!r} is already used by secret {other[0]!r} "
+            f"(line {doc.line_of(('secrets', other[0]))}){where}; {why}each secret needs its "
+            "own path",
+        )
+
+
+def _check_quietly(path: str) -> str | None:
+    """`path` when it is a valid store path, else None."""
+    try:
+        return _check_path(path)
+    except ValueError:
+        return None
 
 
 def _check_admin_secret(

@@ -4,8 +4,11 @@ PyYAML silently keeps the last of two equal keys; an ops file with a
 duplicated secret must be refused instead. This module composes the node
 tree itself so every value keeps the line it came from, and turns every
 way a file can be unreadable (missing, not UTF-8, bad syntax, odd tags,
-recursive aliases) into a problem line instead of an exception.
-`report_errors` words a pydantic ValidationError the same way.
+recursive aliases) into a problem line instead of an exception. It reads at
+most MAX_FILE_BYTES, and only from a regular file, and builds at most
+MAX_VALUES values, so nested aliases ("billion laughs") cannot make it run
+for minutes or fill memory. `report_errors` words a pydantic
+ValidationError the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -25,6 +29,10 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 Loc = tuple[str | int, ...]
+#: The largest schedules file read; a hand-written one is a few kilobytes.
+MAX_FILE_BYTES = 10 * 1024 * 1024
+#: The most values (and merged keys) built from one file, counting each alias expansion.
+MAX_VALUES = 100_000
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -115,14 +123,74 @@ def load_yaml(path: Path, environ: Mapping[str, str] | None = None) -> SourceDoc
     except RecursionError:
         doc.file_problem(1, "the file nests too deeply (expected a few levels of keys)")
         doc.data = None
+    except _TooManyValues:
+        # What was found while expanding is noise (one problem per copy): report the cap alone.
+        doc._found.clear()
+        doc.lines.clear()
+        doc.replaced.clear()
+        doc.file_problem(
+            1,
+            f"too many values: aliases expand to more than {MAX_VALUES} "
+            "(expected a plain schedule file)",
+        )
+        doc.data = None
     return doc
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_regular(mode: int) -> str | None:
+    """Why a file of `mode` is not read, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "something else")
+    return f"not a regular file but {kind} (expected a YAML file)"
+
+
+def _size(count: int) -> str:
+    mib = 1024 * 1024
+    return f"{count // mib} MiB" if count % mib == 0 else f"{count} bytes"
+
+
+def _read_bytes(path: Path) -> bytes | str:
+    """The file's bytes, or why it is not read: never more than MAX_FILE_BYTES + 1 bytes.
+
+    The type is checked before opening (opening a device can have effects of its own) and
+    again on the open file; O_NONBLOCK keeps a FIFO swapped in between from blocking open().
+    """
+    refused = _not_regular(os.stat(path).st_mode)
+    if refused:
+        return refused
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    with open(os.open(path, flags), "rb") as f:
+        info = os.fstat(f.fileno())
+        refused = _not_regular(info.st_mode)
+        if refused:
+            return refused
+        cap = MAX_FILE_BYTES
+        if info.st_size > cap:
+            return f"the file is {info.st_size} bytes (expected at most {_size(cap)})"
+        raw = f.read(cap + 1)
+    if len(raw) > cap:  # it grew after fstat
+        return f"the file is more than {cap} bytes (expected at most {_size(cap)})"
+    return raw
 
 
 def _read(doc: SourceDocument) -> str | None:
     try:
-        raw = doc.path.read_bytes()
+        raw = _read_bytes(doc.path)
     except OSError as exc:
         doc.file_problem(None, f"cannot read: {exc.strerror or exc}")
+        return None
+    if isinstance(raw, str):
+        doc.file_problem(None, f"cannot read: {raw}")
         return None
     try:
         return raw.decode("utf-8")
@@ -132,16 +200,31 @@ def _read(doc: SourceDocument) -> str | None:
         return None
 
 
+class _TooManyValues(Exception):
+    """Building went past MAX_VALUES: aliases multiply the file."""
+
+
 class _Builder:
-    """Turns a composed node tree into dicts, lists and scalars, noting each key's line."""
+    """Turns a composed node tree into dicts, lists and scalars, noting each key's line.
+
+    An alias is the very node its anchor names, so it is built again at each reference;
+    `spent` counts every build (and every merged key looked at) to bound that.
+    """
 
     def __init__(self, doc: SourceDocument, environ: Mapping[str, str]) -> None:
         self.doc = doc
         self.environ = environ
         self.constructor = yaml.SafeLoader("")
         self.active: set[int] = set()
+        self.spent = 0
+
+    def _spend(self) -> None:
+        self.spent += 1
+        if self.spent > MAX_VALUES:
+            raise _TooManyValues
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
+        self._spend()
         self.doc.lines.setdefault(loc, node.start_mark.line + 1)
         if id(node) in self.active:
             return self._unreadable(loc, "an alias refers to itself (expected a finite value)")
@@ -211,6 +294,7 @@ class _Builder:
         for merge_key, merge in merges:
             sources = merge.value if isinstance(merge, yaml.SequenceNode) else [merge]
             for source in sources:
+                self._spend()
                 if not isinstance(source, yaml.MappingNode):
                     self.doc.problem(
                         (*loc, "<<"),
@@ -223,6 +307,7 @@ class _Builder:
                 seen.add(id(source))
                 nested = []
                 for key_node, value_node in source.value:
+                    self._spend()
                     if key_node.tag == _MERGE_TAG:
                         nested.append((key_node, value_node))
                     else:

@@ -10,9 +10,10 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from rotator import yamlsource
 from rotator.durations import format_duration
 from rotator.passwords import PasswordPolicy
-from rotator.schedule import Defaults, ScheduleFile, SecretEntry
+from rotator.schedule import MAX_NAME_CHARS, MAX_PATH_CHARS, Defaults, ScheduleFile, SecretEntry
 from rotators.postgres import PostgresTarget
 
 ROOT = Path(__file__).parents[2]
@@ -59,3 +60,11 @@ def test_the_documented_defaults_are_the_real_ones(model: type[BaseModel], keys:
 
 def test_the_documented_password_exclusions_are_the_real_ones() -> None:
     assert f"`` {PasswordPolicy().exclude_characters} ``" in DOC
+
+
+def test_the_documented_limits_are_the_real_ones() -> None:
+    assert yamlsource.MAX_FILE_BYTES == 10 * 1024 * 1024
+    assert "at most 10 MiB" in DOC
+    assert f"more than {yamlsource.MAX_VALUES} values" in DOC
+    assert f"1 to {MAX_NAME_CHARS} characters" in DOC
+    assert f"1 to {MAX_PATH_CHARS} characters" in DOC
