@@ -188,22 +188,44 @@ def get(
         sys.stdout.write(version.credential.to_json() + "\n")
 
 
+#: The most a credential on stdin may be; a value is a few fields, not a file.
+MAX_STDIN_BYTES = 64 * 1024
+
+
 @app.command()
-def put(name: str, schedules: SchedulesOption = None) -> None:
+def put(
+    name: str,
+    replace_pending: Annotated[
+        bool,
+        typer.Option(
+            "--replace-pending",
+            help="Drop a PENDING version no rotation can finish; the value given must be the "
+            "one the target accepts now.",
+        ),
+    ] = False,
+    schedules: SchedulesOption = None,
+) -> None:
     """Adopt an existing credential: JSON on stdin becomes CURRENT (recorded in history)."""
     with _runtime(schedules) as runtime:
         runtime.plan.secret(name)
-        if sys.stdin.isatty():
-            err.print('reading the credential as JSON from stdin, e.g. {"password": "..."}')
-        text = sys.stdin.read()
-        try:
-            credential = Credential.from_json(text)
-        except ValueError:
-            raise ConfigError(
-                'stdin is not a JSON object (expected e.g. {"password": "..."})'
-            ) from None
-        result = runtime.engine.adopt(name, credential)
+        credential = _credential_from_stdin()
+        result = runtime.engine.adopt(name, credential, replace_pending=replace_pending)
         out.print(f"[green]adopted[/] {name}: version {result.version_id} is CURRENT")
+
+
+def _credential_from_stdin() -> Credential:
+    example = '(expected a JSON object on stdin, e.g. {"password": "..."})'
+    if sys.stdin is None or sys.stdin.closed:
+        raise ConfigError(f"no standard input to read the credential from {example}")
+    if sys.stdin.isatty():
+        err.print(f"reading the credential from stdin {example}; end with Ctrl-D")
+    text = sys.stdin.read(MAX_STDIN_BYTES + 1)
+    if len(text) > MAX_STDIN_BYTES:
+        raise ConfigError(f"stdin holds more than {MAX_STDIN_BYTES} bytes {example}")
+    try:
+        return Credential.from_json(text)
+    except (ValueError, RecursionError):
+        raise ConfigError(f"stdin is not a JSON object {example}") from None
 
 
 @app.command()
@@ -242,8 +264,8 @@ def db_upgrade() -> None:
 
 @app.command()
 def demo(
-    rounds: Annotated[int, typer.Option(help="Rotations per demo secret.")] = 2,
-    secrets_count: Annotated[int, typer.Option("--secrets", help="Demo roles.")] = 3,
+    rounds: Annotated[int, typer.Option(help="Rotations per demo secret.", min=1, max=20)] = 2,
+    secrets_count: Annotated[int, typer.Option("--secrets", help="Demo roles.", min=1, max=20)] = 3,
 ) -> None:
     """Rotate demo roles on a throwaway PostgreSQL and prove every new password."""
     from rotator.demo import run_demo

@@ -59,7 +59,7 @@ def status_rows(runtime: Runtime) -> list[dict[str, Any]]:
                 "next_due": _iso(due),
                 "overdue": due <= now,
                 "in_progress": lease is not None,
-                "error": last.error if last and last.status == "failed" else None,
+                "error": last.error if last and last.status in ("failed", "rolled_back") else None,
             }
         )
     return rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -29,14 +30,12 @@ class Settings(BaseSettings):
     database_url: str = ""
     #: Fernet key for the embedded store; `rotator keygen` prints one.
     encryption_key: SecretStr | None = None
-    #: Working directory for the defaults (SQLite file, key file, filesystem broker).
+    #: Working directory for the defaults (the SQLite history file and the key file).
     var_dir: Path = Path("var")
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: How long a run's lease lives without renewal; renewed every third of it.
-    lease_ttl_seconds: float = Field(60.0, gt=1)
-    broker_url: str = ""
-    result_backend: str = ""
+    lease_ttl_seconds: float = Field(60.0, gt=1, le=86400, allow_inf_nan=False)
 
     @field_validator("encryption_key")
     @classmethod
@@ -61,6 +60,11 @@ class Settings(BaseSettings):
         """The embedded store's cipher; creates ./var/rotator.key (0600) when no key is set."""
         if self.encryption_key is not None:
             return Fernet(self.encryption_key.get_secret_value().encode())
+        if self.database_url and not self.database_url.startswith("sqlite"):
+            raise ConfigError(
+                "ROTATOR_ENCRYPTION_KEY is not set: with a shared ROTATOR_DATABASE_URL every "
+                "host must use the same key, so none is generated (make one with `rotator keygen`)"
+            )
         key_file = self.var_dir / "rotator.key"
         try:
             if not key_file.exists():
@@ -78,13 +82,20 @@ class Settings(BaseSettings):
             ) from None
 
     def _write_key_file(self, key_file: Path) -> None:
+        """Write the key whole, then link it into place: no reader ever sees a partial file."""
         self.var_dir.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=self.var_dir, prefix=".rotator.key.")
         try:
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
-            return
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(Fernet.generate_key())
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(Fernet.generate_key())
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(temporary, key_file)
+            except FileExistsError:  # another process made it first; use theirs
+                return
+        finally:
+            os.unlink(temporary)
         log.warning(
             "settings.generated_key",
             path=str(key_file),

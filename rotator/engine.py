@@ -28,7 +28,6 @@ from tenacity import (
 from rotator.base import RotatorContext, RotatorRegistry, SecretRotator
 from rotator.credential import Credential
 from rotator.errors import (
-    ConfigError,
     CredentialRejected,
     LockLost,
     RotationInProgress,
@@ -117,7 +116,7 @@ class Engine:
         run_id = run_id or uuid.uuid4().hex
         with self.leases.hold(name, run_id) as lease:
             store = self.store_for(spec)
-            resumed_id = self._interrupted_run(spec, store, run_id)
+            resumed_id = self.settle_interrupted(spec, store, run_id)
             run_id = resumed_id or run_id
             self.history.start_run(run_id, name, trigger, slot)
             run = _Run(
@@ -143,14 +142,15 @@ class Engine:
         except RotationInProgress as exc:
             return RunResult(run_id or "", name, "skipped", error=str(exc))
 
-    def _interrupted_run(self, spec: SecretSpec, store: SecretStore, run_id: str) -> str | None:
+    def settle_interrupted(self, spec: SecretSpec, store: SecretStore, run_id: str) -> str | None:
         """The run of this secret a crash left unfinished, if any of it is left to finish.
 
         We hold the lease, so runs still recorded as running are dead. The newest is resumed
         under its own id when the store still has a PENDING version, or when its version is
         CURRENT already (only its record is missing). One that left nothing behind, or whose
         version was dropped or superseded since, is closed as failed: resuming it could
-        re-apply a value that is no longer in the store.
+        re-apply a value that is no longer in the store. An interrupted adoption is closed
+        too: it generated nothing, so there is nothing of it to rotate.
         """
         stale = [r for r in self.history.running_runs(spec.name) if r.id != run_id]
         if not stale:
@@ -162,7 +162,11 @@ class Engine:
             )
         pending = store.read(spec.path, Stage.PENDING)
         current = store.read(spec.path, Stage.CURRENT)
-        if pending is not None or (current is not None and current.token == newest.id):
+        promoted = current is not None and current.token == newest.id
+        if newest.trigger == "adopt" and promoted:
+            self.history.finish_run(newest.id, "adopted", current.version_id if current else None)
+            return None
+        if newest.trigger != "adopt" and (pending is not None or promoted):
             return newest.id
         self.history.finish_run(newest.id, "failed", error="interrupted; nothing left to finish")
         return None
@@ -329,6 +333,8 @@ class Engine:
             with attempt:
                 run.lease.check()
                 result = action()
+        # A run that stalled past its lease (a paused process) stops here, before its next step.
+        run.lease.check()
         elapsed = int((time.monotonic() - started) * 1000)
         run.timings_ms[step] = run.timings_ms.get(step, 0) + elapsed
         self.history.record_step(run.run_id, step, "ok", elapsed)
@@ -379,35 +385,8 @@ class Engine:
 
     # -- adoption ---------------------------------------------------------------
 
-    def adopt(self, name: str, credential: Credential) -> RunResult:
-        """Store an existing credential as CURRENT (`rotator put`), recorded as an adoption."""
-        spec = self.plan.secret(name)
-        rotator = self.rotator_for(spec)
-        credential = rotator.complete(credential)
-        for field_name in rotator.identity_fields:
-            expected = getattr(spec.target, field_name, None)
-            if expected is not None and credential.get(field_name) != expected:
-                raise ConfigError(
-                    f"refusing to adopt a value for {name!r}: its {field_name} is "
-                    f"{credential.get(field_name)!r} but the target block says {expected!r}"
-                )
-        run_id = uuid.uuid4().hex
-        store = self.store_for(spec)
-        with self.leases.hold(name, run_id), secret_values(credential.secret_values()):
-            interrupted = self._interrupted_run(spec, store, run_id)
-            if store.read(spec.path, Stage.PENDING) is not None:
-                raise RotationInProgress(
-                    f"secret {name!r} has a PENDING version from an unfinished rotation; "
-                    f"run `rotator rotate {name} --inline` to finish it first"
-                )
-            if interrupted is not None:  # its version is CURRENT: only its record was missing
-                current = store.read(spec.path, Stage.CURRENT)
-                self.history.finish_run(
-                    interrupted, "succeeded", current.version_id if current else None
-                )
-            self.history.start_run(run_id, name, "adopt", None)
-            version = store.put_current(spec.path, credential, run_id)
-            self.history.record_step(run_id, "adopt", "ok")
-            self.history.finish_run(run_id, "adopted", version.version_id)
-        log.info("rotation.adopted", secret=name, run_id=run_id, version_id=version.version_id)
-        return RunResult(run_id, name, "adopted", version.version_id)
+    def adopt(self, name: str, credential: Credential, replace_pending: bool = False) -> RunResult:
+        """Store an existing credential as CURRENT (`rotator put`); see rotator.adoption."""
+        from rotator.adoption import adopt
+
+        return adopt(self, name, credential, replace_pending)

@@ -42,7 +42,7 @@ def open_database(settings: Settings) -> Database:
     url = settings.resolved_database_url
     try:
         database = Database(url)
-    except (ArgumentError, NoSuchModuleError):
+    except (ArgumentError, NoSuchModuleError, ImportError):
         raise ConfigError(
             "ROTATOR_DATABASE_URL: not a database URL rotator can use (expected "
             "sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
@@ -54,7 +54,12 @@ def open_database(settings: Settings) -> Database:
         ) from None
     try:
         database.upgrade()
-    except (OperationalError, OSError) as exc:
+    except OSError as exc:
+        database.dispose()
+        raise ConfigError(
+            f"ROTATOR_VAR_DIR / ROTATOR_DATABASE_URL: cannot use the database files: {exc.strerror}"
+        ) from None
+    except OperationalError as exc:
         database.dispose()
         where = database.engine.url.render_as_string(hide_password=True)
         reason = getattr(exc, "orig", None) or exc

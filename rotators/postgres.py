@@ -38,6 +38,14 @@ _REFUSED_TEXT = (
 _NO_CLEARTEXT = {"require_auth": "!password"} if psycopg.pq.version() >= 160000 else {}
 
 
+def _fatal(exc: psycopg.Error) -> str:
+    """The server's reason (its FATAL line), which names roles and databases, never passwords."""
+    text = str(exc)
+    marker = text.rfind("FATAL:")
+    reason = text[marker + len("FATAL:") :] if marker >= 0 else text
+    return " ".join(reason.split()) or type(exc).__name__
+
+
 class PostgresTarget(BaseModel):
     """The `target:` block of a `postgres-password` secret."""
 
@@ -72,6 +80,8 @@ def connect_kwargs(target: PostgresTarget, username: str, password: str) -> dict
         "sslmode": target.sslmode,
         "connect_timeout": target.connect_timeout,
         "application_name": "rotator",
+        # A stuck ALTER ROLE must end well within the run's lease, never hang on a lock.
+        "options": "-c statement_timeout=30000 -c lock_timeout=10000",
         **_NO_CLEARTEXT,
     }
 
@@ -125,6 +135,9 @@ class PostgresPasswordRotator(SecretRotator):
             "dbname": t.dbname,
             "username": t.username,
         }
+        port = credential.get("port")
+        if isinstance(port, str) and port.isdigit():  # typed by hand as "5432"
+            credential = credential.replace(port=int(port))
         password = credential.get("password")
         if not isinstance(password, str) or not password:
             raise ConfigError(
@@ -231,7 +244,7 @@ class PostgresPasswordRotator(SecretRotator):
         except psycopg.Error as exc:
             if is_auth_failure(exc):
                 raise CredentialRejected(
-                    f"{self._where()} refused the login of role {username!r}"
+                    f"{self._where()} refused the login of role {username!r}: {_fatal(exc)}"
                 ) from None
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TransientError(f"{self._where()} unreachable: {reason}") from None

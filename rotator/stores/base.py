@@ -91,8 +91,18 @@ class SecretStore(ABC):
     def discard_pending(self, path: str, version_id: str) -> None:
         """Remove the PENDING stage from `version_id` (a rollback)."""
 
-    def put_current(self, path: str, credential: Credential, token: str) -> SecretVersion:
-        """Adopt an existing credential: store it and make it CURRENT at once."""
+    def put_current(
+        self, path: str, credential: Credential, token: str, replace_pending: bool = False
+    ) -> SecretVersion:
+        """Adopt an existing credential: store it and make it CURRENT at once.
+
+        With `replace_pending`, a PENDING version loses its stage first (the operator vouches
+        that `credential` is what the target accepts). Stores that can should do it all in one
+        transaction; this default takes three calls.
+        """
+        pending = self.read(path, Stage.PENDING)
+        if pending is not None and replace_pending:
+            self.discard_pending(path, pending.version_id)
         version = self.put_pending(path, credential, token)
         self.promote(path, version.version_id)
         return SecretVersion(version.version_id, credential, Stage.CURRENT, token)

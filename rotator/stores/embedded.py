@@ -119,17 +119,44 @@ class EmbeddedStore(SecretStore):
                 return
             if row.stage != Stage.PENDING:
                 raise StoreError(f"store {self.name!r}: version {version_id} is not PENDING")
-            previous = self._row(session, path, Stage.PREVIOUS)
-            current = self._row(session, path, Stage.CURRENT)
             row.stage = None
             session.flush()
-            if previous is not None:
-                previous.stage = None
-                session.flush()
-            if current is not None:
-                current.stage = Stage.PREVIOUS.value
-                session.flush()
+            self._retire_current(session, path)
             row.stage = Stage.CURRENT.value
+
+    def put_current(
+        self, path: str, credential: Credential, token: str, replace_pending: bool = False
+    ) -> SecretVersion:
+        """Adoption in one transaction: an interrupted `put` changes nothing."""
+        with self._transaction() as session:
+            pending = self._row(session, path, Stage.PENDING)
+            if pending is not None and not replace_pending:
+                raise StoreError(f"store {self.name!r}: {path!r} has a PENDING version")
+            if pending is not None:
+                pending.stage = None
+                session.flush()
+            self._retire_current(session, path)
+            row = StoredVersion(
+                path=path,
+                version_id=uuid.uuid4().hex,
+                token=token,
+                stage=Stage.CURRENT.value,
+                ciphertext=self._fernet.encrypt(credential.to_json().encode()),
+                created_at=utcnow(),
+            )
+            session.add(row)
+            return SecretVersion(row.version_id, credential, Stage.CURRENT, token)
+
+    def _retire_current(self, session: Session, path: str) -> None:
+        """CURRENT becomes PREVIOUS and the old PREVIOUS loses its stage (one at a time)."""
+        previous = self._row(session, path, Stage.PREVIOUS)
+        current = self._row(session, path, Stage.CURRENT)
+        if previous is not None:
+            previous.stage = None
+            session.flush()
+        if current is not None:
+            current.stage = Stage.PREVIOUS.value
+            session.flush()
 
     def discard_pending(self, path: str, version_id: str) -> None:
         with self._transaction() as session:

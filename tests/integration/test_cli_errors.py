@@ -12,7 +12,7 @@ import pytest
 from rotator.devservers import free_port
 from rotator.history import Database
 from rotator.locks import LeaseManager
-from tests.integration.test_cli import Cli
+from tests.integration.test_cli import ROTATOR, Cli
 
 pytestmark = pytest.mark.integration
 
@@ -123,3 +123,42 @@ def test_an_admin_of_another_server_is_refused_at_validation(cli: Cli, tmp_path:
     assert result.returncode == 2
     assert f"{schedules}:13: secrets.app-db.target.admin_secret" in result.stderr
     assert "another server" in result.stderr
+
+
+def test_put_with_stdin_closed_is_one_line(cli: Cli) -> None:
+    import subprocess
+
+    result = subprocess.run(
+        ["sh", "-c", f"{' '.join(ROTATOR)} put app-db <&-"],
+        capture_output=True,
+        text=True,
+        env=cli.env,
+        cwd=cli.cwd,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "standard input" in one_clean_line(result.stderr)
+
+
+def test_put_refuses_an_oversized_stdin(cli: Cli) -> None:
+    result = cli("put", "app-db", stdin='{"password": "' + "x" * 70_000 + '"}')
+    assert result.returncode == 2
+    assert "bytes" in one_clean_line(result.stderr)
+
+
+def test_an_unsupported_database_driver_names_the_variable(cli: Cli) -> None:
+    result = cli("status", ROTATOR_DATABASE_URL="mysql://rotator@127.0.0.1/rotator")
+    assert result.returncode == 2
+    assert "ROTATOR_DATABASE_URL" in one_clean_line(result.stderr)
+
+
+@pytest.mark.parametrize("value", ["inf", "1e400", "0"])
+def test_a_lease_ttl_out_of_range_names_the_variable(cli: Cli, value: str) -> None:
+    result = cli("status", ROTATOR_LEASE_TTL_SECONDS=value)
+    assert result.returncode == 2
+    assert "ROTATOR_LEASE_TTL_SECONDS" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_refuses_zero_secrets(cli: Cli) -> None:
+    result = cli("demo", "--secrets", "0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr

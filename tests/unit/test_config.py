@@ -77,3 +77,27 @@ def test_a_configured_key_is_used_and_no_file_is_written(
     token = load_settings().fernet().encrypt(b"value")
     assert Fernet(key).decrypt(token) == b"value"
     assert not (tmp_path / "var" / "rotator.key").exists()
+
+
+def test_no_key_is_generated_for_a_shared_database() -> None:
+    settings = load_settings(database_url="postgresql+psycopg://rotator@db.internal/rotator")
+    with pytest.raises(ConfigError, match="ROTATOR_ENCRYPTION_KEY"):
+        settings.fernet()
+
+
+def test_processes_starting_together_share_one_generated_key(tmp_path: Path) -> None:
+    import threading
+
+    ciphers: list[Fernet] = []
+
+    def start() -> None:
+        ciphers.append(load_settings().fernet())
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    token = ciphers[0].encrypt(b"value")
+    assert all(cipher.decrypt(token) == b"value" for cipher in ciphers)
+    assert [p.name for p in (tmp_path / "var").iterdir()] == ["rotator.key"]

@@ -1,0 +1,66 @@
+"""Adoption: an operator hands rotator a credential that already works (`rotator put`).
+
+How a team starts managing an existing login, and how an operator gets out of
+a PENDING version that no rotation can finish (`--replace-pending`): the value
+they give becomes CURRENT, the old CURRENT becomes PREVIOUS, and history
+records it as an adoption.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+import structlog
+
+from rotator.credential import Credential
+from rotator.errors import ConfigError, RotationInProgress
+from rotator.logging import secret_values
+from rotator.results import RunResult
+from rotator.stores import Stage
+
+if TYPE_CHECKING:
+    from rotator.engine import Engine
+
+log = structlog.get_logger("rotator.adoption")
+
+
+def adopt(
+    engine: Engine, name: str, credential: Credential, replace_pending: bool = False
+) -> RunResult:
+    """Store `credential` as the CURRENT value of secret `name`, under its lease."""
+    spec = engine.plan.secret(name)
+    rotator = engine.rotator_for(spec)
+    credential = rotator.complete(credential)
+    for field_name in rotator.identity_fields:
+        expected = getattr(spec.target, field_name, None)
+        if expected is not None and credential.get(field_name) != expected:
+            raise ConfigError(
+                f"refusing to adopt a value for {name!r}: its {field_name} is "
+                f"{credential.get(field_name)!r} but the target block says {expected!r}"
+            )
+    run_id = uuid.uuid4().hex
+    store = engine.store_for(spec)
+    with engine.leases.hold(name, run_id), secret_values(credential.secret_values()):
+        resumable = engine.settle_interrupted(spec, store, run_id)
+        pending = store.read(spec.path, Stage.PENDING)
+        if pending is not None and not replace_pending:
+            raise RotationInProgress(
+                f"secret {name!r} has a PENDING version from an unfinished rotation; finish it "
+                f"with `rotator rotate {name} --inline`, or, if the value you give is the one "
+                "the target accepts now, add --replace-pending"
+            )
+        if resumable is not None and pending is None:  # its version is CURRENT: record it
+            current = store.read(spec.path, Stage.CURRENT)
+            engine.history.finish_run(
+                resumable, "succeeded", current.version_id if current else None
+            )
+        elif resumable is not None:
+            engine.history.finish_run(resumable, "failed", error="PENDING replaced by an adoption")
+        engine.history.start_run(run_id, name, "adopt", None)
+        detail = None if pending is None else f"replaced PENDING version {pending.version_id}"
+        version = store.put_current(spec.path, credential, run_id, replace_pending=replace_pending)
+        engine.history.record_step(run_id, "adopt", "ok", detail=detail)
+        engine.history.finish_run(run_id, "adopted", version.version_id)
+    log.info("rotation.adopted", secret=name, run_id=run_id, version_id=version.version_id)
+    return RunResult(run_id, name, "adopted", version.version_id)
