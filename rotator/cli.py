@@ -8,7 +8,7 @@ secret value, because the user asked for it.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from cryptography.fernet import Fernet
 from rich.console import Console
+from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from rotator import cli_render
@@ -123,23 +124,24 @@ def validate(schedules: SchedulesOption = None) -> None:
 @app.command()
 def plan(schedules: SchedulesOption = None, as_json: JsonOption = False) -> None:
     """Show every secret, where it lives, its schedule and when it is next due."""
-    with _runtime(schedules) as runtime:
-        rows = cli_render.status_rows(runtime)
-        if as_json:
-            out.print_json(data=rows)
-        else:
-            out.print(cli_render.plan_table(rows))
+    _show_status(schedules, as_json, cli_render.plan_table)
 
 
 @app.command()
 def status(schedules: SchedulesOption = None, as_json: JsonOption = False) -> None:
     """The last outcome of every secret, and whether a rotation is under way."""
+    _show_status(schedules, as_json, cli_render.status_table)
+
+
+def _show_status(
+    schedules: Path | None, as_json: bool, table: Callable[[list[dict[str, Any]]], Table]
+) -> None:
     with _runtime(schedules) as runtime:
         rows = cli_render.status_rows(runtime)
         if as_json:
             out.print_json(data=rows)
         else:
-            out.print(cli_render.status_table(rows))
+            out.print(table(rows))
 
 
 @app.command()

@@ -92,16 +92,7 @@ class EmbeddedStore(SecretStore):
                     return self._decode(same_token)
                 if self._row(session, path, Stage.PENDING) is not None:
                     raise StoreError(f"store {self.name!r}: {path!r} already has a PENDING version")
-                row = StoredVersion(
-                    path=path,
-                    version_id=uuid.uuid4().hex,
-                    token=token,
-                    stage=Stage.PENDING.value,
-                    ciphertext=self._fernet.encrypt(credential.to_json().encode()),
-                    created_at=utcnow(),
-                )
-                session.add(row)
-                return SecretVersion(row.version_id, credential, Stage.PENDING, token)
+                return self._add(session, path, credential, token, Stage.PENDING)
         except IntegrityError:
             # A concurrent writer won; its version is the answer when the token matches.
             raise StoreError(
@@ -136,16 +127,22 @@ class EmbeddedStore(SecretStore):
                 pending.stage = None
                 session.flush()
             self._retire_current(session, path)
-            row = StoredVersion(
-                path=path,
-                version_id=uuid.uuid4().hex,
-                token=token,
-                stage=Stage.CURRENT.value,
-                ciphertext=self._fernet.encrypt(credential.to_json().encode()),
-                created_at=utcnow(),
-            )
-            session.add(row)
-            return SecretVersion(row.version_id, credential, Stage.CURRENT, token)
+            return self._add(session, path, credential, token, Stage.CURRENT)
+
+    def _add(
+        self, session: Session, path: str, credential: Credential, token: str, stage: Stage
+    ) -> SecretVersion:
+        """A new encrypted version row holding `stage`."""
+        row = StoredVersion(
+            path=path,
+            version_id=uuid.uuid4().hex,
+            token=token,
+            stage=stage.value,
+            ciphertext=self._fernet.encrypt(credential.to_json().encode()),
+            created_at=utcnow(),
+        )
+        session.add(row)
+        return SecretVersion(row.version_id, credential, stage, token)
 
     def _retire_current(self, session: Session, path: str) -> None:
         """CURRENT becomes PREVIOUS and the old PREVIOUS loses its stage (one at a time)."""
