@@ -1,7 +1,4 @@
-"""rotator: secret-rotation orchestration.
-
-`celery -A rotator ...` finds the Celery app here once the worker exists.
-"""
+"""rotator: secret-rotation orchestration (the `rotator` command lives in rotator.cli)."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from cryptography.fernet import Fernet
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -74,7 +75,7 @@ def user_errors() -> Iterator[None]:
         if State.debug:
             raise
         first, *rest = str(exc).splitlines() or [type(exc).__name__]
-        err.print(f"[bold red]error:[/] {first}", highlight=False, markup=True, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(first)}", highlight=False, soft_wrap=True)
         for line in rest:
             err.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
         code = EXIT_USAGE if isinstance(exc, ConfigError | RotationInProgress) else EXIT_FAILED
@@ -117,7 +118,8 @@ def validate(schedules: SchedulesOption = None) -> None:
         settings = _settings(schedules)
         plan = load_plan(settings.schedules)
         out.print(
-            f"[green]ok[/] {plan.source}: {len(plan.secrets)} secrets, {len(plan.stores)} stores"
+            f"[green]ok[/] {escape(str(plan.source))}: "
+            f"{len(plan.secrets)} secrets, {len(plan.stores)} stores"
         )
 
 
@@ -165,7 +167,7 @@ def rotate(
             )
         results = []
         for name in names:
-            with err.status(f"rotating {name} ..."):
+            with err.status(f"rotating {escape(name)} ..."):
                 results.append(runtime.engine.try_run(name, trigger="manual"))
         if as_json:
             out.print_json(data=[r.as_dict() for r in results])
@@ -212,7 +214,7 @@ def put(
         runtime.plan.secret(name)
         credential = _credential_from_stdin()
         result = runtime.engine.adopt(name, credential, replace_pending=replace_pending)
-        out.print(f"[green]adopted[/] {name}: version {result.version_id} is CURRENT")
+        out.print(f"[green]adopted[/] {escape(name)}: version {result.version_id} is CURRENT")
 
 
 def _credential_from_stdin() -> Credential:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from rotator.due import next_due
@@ -76,11 +77,11 @@ def plan_table(rows: Sequence[dict[str, Any]]) -> Table:
     for row in rows:
         due = _when(_parse(row["next_due"]))
         table.add_row(
-            row["secret"],
-            row["rotator"],
-            row["store"],
-            row["path"],
-            row["schedule"],
+            escape(row["secret"]),
+            escape(row["rotator"]),
+            escape(row["store"]),
+            escape(row["path"]),
+            escape(row["schedule"]),
             f"[bold red]{due} (overdue)[/]" if row["overdue"] else due,
         )
     return table
@@ -92,7 +93,7 @@ def status_table(rows: Sequence[dict[str, Any]]) -> Table:
         table.add_column(column)
     for row in rows:
         table.add_row(
-            row["secret"],
+            escape(row["secret"]),
             _outcome(row["last_outcome"]),
             _when(_parse(row["last_run_at"])),
             _when(_parse(row["last_success_at"])),
@@ -110,12 +111,14 @@ def results_table(results: Sequence[RunResult]) -> Table:
     for result in results:
         took = sum(result.timings_ms.values())
         table.add_row(
-            result.secret,
+            escape(result.secret),
             _outcome(result.outcome),
             result.run_id[:12],
             (result.version_id or "-")[:12],
             f"{took} ms" if took else "-",
-            ("resumed an interrupted run. " if result.resumed else "") + (result.error or ""),
+            escape(
+                ("resumed an interrupted run. " if result.resumed else "") + (result.error or "")
+            ),
         )
     return table
 
@@ -129,11 +132,11 @@ def history_table(runs: Sequence[Run]) -> Table:
     for run in runs:
         table.add_row(
             _when(run.started_at),
-            run.secret,
-            run.trigger,
+            escape(run.secret),
+            escape(run.trigger),
             _outcome(run.status),
             run.id[:8],
-            run.error or "",
+            escape(run.error or ""),
         )
     return table
 

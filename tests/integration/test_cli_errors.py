@@ -162,3 +162,18 @@ def test_a_lease_ttl_out_of_range_names_the_variable(cli: Cli, value: str) -> No
 def test_demo_refuses_zero_secrets(cli: Cli) -> None:
     result = cli("demo", "--secrets", "0")
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_brackets_in_names_and_errors_are_shown_as_text(tmp_path: Path) -> None:
+    """Rich markup in a secret name or an error message is printed, never interpreted."""
+    schedules = tmp_path / "schedules.yaml"
+    schedules.write_text(SCHEDULES.replace("app-db:", "'app[/x]db':"))
+    cli = Cli(tmp_path, schedules)
+    for args in (("plan",), ("status",), ("history",)):
+        result = cli(*args)
+        assert result.returncode == 0, result.stderr
+    rotated = cli("rotate", "app[/x]db", "--inline")
+    assert rotated.returncode == 1 and "Traceback" not in rotated.stderr
+    assert "app[/x]db" in rotated.stdout
+    shown = cli("history")
+    assert shown.returncode == 0 and "app[/x]db" in shown.stdout
