@@ -108,8 +108,8 @@ def run_demo(console: Console, rounds: int = 2, secrets_count: int = 3) -> bool:
             f"rotating {len(roles)} roles x {rounds} rounds with the embedded store\n"
         )
         table = Table(title="demo rotations")
-        for column in ("#", "secret (role)", "outcome", "version", "ms", "new works", "old"):
-            table.add_column(column, no_wrap=True)
+        for column in ("#", "secret", "outcome", "version", "ms", "new works", "old works"):
+            table.add_column(column, no_wrap=True, min_width=len(column))
         verified = total = 0
         store = runtime.stores.get("local")
         with Live(table, console=console, refresh_per_second=8):
@@ -129,12 +129,12 @@ def run_demo(console: Console, rounds: int = 2, secrets_count: int = 3) -> bool:
                     verified += good
                     table.add_row(
                         str(round_no),
-                        f"{name} ({role})",
+                        name,
                         _mark(result.outcome == "succeeded", result.outcome),
                         (result.version_id or "-")[:8],
                         str(sum(result.timings_ms.values())),
                         _mark(new_ok),
-                        _mark(old_refused, "refused" if previous else "n/a"),
+                        _mark(old_refused, ("no" if old_refused else "YES") if previous else "n/a"),
                     )
         ok = verified == total
         colour = "green" if ok else "red"
