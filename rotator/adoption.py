@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from rotator.base import SecretRotator
 from rotator.credential import Credential
-from rotator.errors import ConfigError, RotationInProgress
+from rotator.errors import ConfigError, CredentialRejected, RotationInProgress
 from rotator.logging import secret_values
 from rotator.results import RunResult
 from rotator.stores import Stage
@@ -41,7 +42,7 @@ def adopt(
             )
     run_id = uuid.uuid4().hex
     store = engine.store_for(spec)
-    with engine.leases.hold(name, run_id), secret_values(credential.secret_values()):
+    with engine.leases.hold(name, run_id) as lease, secret_values(credential.secret_values()):
         resumable = engine.settle_interrupted(spec, store, run_id)
         pending = store.read(spec.path, Stage.PENDING)
         if pending is not None and not replace_pending:
@@ -50,6 +51,9 @@ def adopt(
                 f"with `rotator rotate {name} --inline`, or, if the value you give is the one "
                 "the target accepts now, add --replace-pending"
             )
+        if pending is not None:
+            with secret_values(pending.credential.secret_values()):
+                _check_replacement(rotator, name, pending.credential, credential)
         if resumable is not None and pending is None:  # its version is CURRENT: record it
             current = store.read(spec.path, Stage.CURRENT)
             engine.history.finish_run(
@@ -59,8 +63,30 @@ def adopt(
             engine.history.finish_run(resumable, "failed", error="PENDING replaced by an adoption")
         engine.history.start_run(run_id, name, "adopt", None)
         detail = None if pending is None else f"replaced PENDING version {pending.version_id}"
+        lease.check()  # a stalled `put` must not overwrite what a newer run wrote
         version = store.put_current(spec.path, credential, run_id, replace_pending=replace_pending)
         engine.history.record_step(run_id, "adopt", "ok", detail=detail)
         engine.history.finish_run(run_id, "adopted", version.version_id)
     log.info("rotation.adopted", secret=name, run_id=run_id, version_id=version.version_id)
     return RunResult(run_id, name, "adopted", version.version_id)
+
+
+def _check_replacement(
+    rotator: SecretRotator, name: str, pending: Credential, given: Credential
+) -> None:
+    """Dropping PENDING is safe only when it no longer works and the given value does."""
+    try:
+        rotator.test(pending)
+    except CredentialRejected:
+        pass
+    else:
+        raise ConfigError(
+            f"the PENDING value of {name!r} works on the target; finish the rotation with "
+            f"`rotator rotate {name} --inline` instead of replacing it"
+        )
+    try:
+        rotator.test(given)
+    except CredentialRejected as exc:
+        raise ConfigError(
+            f"the target refuses the value given for {name!r} ({exc}); nothing was changed"
+        ) from None

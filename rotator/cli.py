@@ -223,11 +223,11 @@ def _credential_from_stdin() -> Credential:
         raise ConfigError(f"no standard input to read the credential from {example}")
     if sys.stdin.isatty():
         err.print(f"reading the credential from stdin {example}; end with Ctrl-D")
-    text = sys.stdin.read(MAX_STDIN_BYTES + 1)
-    if len(text) > MAX_STDIN_BYTES:
+    data = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)
+    if len(data) > MAX_STDIN_BYTES:
         raise ConfigError(f"stdin holds more than {MAX_STDIN_BYTES} bytes {example}")
     try:
-        return Credential.from_json(text)
+        return Credential.from_json(data.decode("utf-8"))
     except (ValueError, RecursionError):
         raise ConfigError(f"stdin is not a JSON object {example}") from None
 

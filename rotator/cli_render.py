@@ -153,7 +153,13 @@ def run_dict(runtime: Runtime, run: Run) -> dict[str, Any]:
         "version_id": run.version_id,
         "error": run.error,
         "steps": [
-            {"step": e.step, "status": e.status, "at": _iso(e.at), "duration_ms": e.duration_ms}
+            {
+                "step": e.step,
+                "status": e.status,
+                "at": _iso(e.at),
+                "duration_ms": e.duration_ms,
+                "detail": e.detail,
+            }
             for e in runtime.history.steps(run.id)
         ],
     }

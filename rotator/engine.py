@@ -266,7 +266,12 @@ class Engine:
 
     def finish(self, run: _Run, pending: SecretVersion) -> RunResult:
         """PENDING becomes CURRENT, CURRENT becomes PREVIOUS; the run is a success."""
-        self._step(run, "finish", lambda: run.store.promote(run.spec.path, pending.version_id))
+        self._step(
+            run,
+            "finish",
+            lambda: run.store.promote(run.spec.path, pending.version_id),
+            check_after=False,
+        )
         self._hook("promoted")
         return self._record_success(run, pending)
 
@@ -310,7 +315,7 @@ class Engine:
 
     # -- helpers ----------------------------------------------------------------
 
-    def _step(self, run: _Run, step: str, action: Callable[[], T]) -> T:
+    def _step(self, run: _Run, step: str, action: Callable[[], T], check_after: bool = True) -> T:
         """Run one step under the lease, retrying transient errors with backoff."""
 
         def before_sleep(state: RetryCallState) -> None:
@@ -333,8 +338,10 @@ class Engine:
             with attempt:
                 run.lease.check()
                 result = action()
-        # A run that stalled past its lease (a paused process) stops here, before its next step.
-        run.lease.check()
+        # A run that stalled past its lease (a paused process) stops here, before its next step;
+        # after the promote there is no next step, and the run did finish.
+        if check_after:
+            run.lease.check()
         elapsed = int((time.monotonic() - started) * 1000)
         run.timings_ms[step] = run.timings_ms.get(step, 0) + elapsed
         self.history.record_step(run.run_id, step, "ok", elapsed)

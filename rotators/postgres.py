@@ -38,6 +38,15 @@ _REFUSED_TEXT = (
 _NO_CLEARTEXT = {"require_auth": "!password"} if psycopg.pq.version() >= 160000 else {}
 
 
+def _encodable(text: str) -> bool:
+    """False for text with lone surrogates, which no server connection can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _fatal(exc: psycopg.Error) -> str:
     """The server's reason (its FATAL line), which names roles and databases, never passwords."""
     text = str(exc)
@@ -136,12 +145,12 @@ class PostgresPasswordRotator(SecretRotator):
             "username": t.username,
         }
         port = credential.get("port")
-        if isinstance(port, str) and port.isdigit():  # typed by hand as "5432"
+        if isinstance(port, str) and port.isascii() and port.isdigit():  # typed as "5432"
             credential = credential.replace(port=int(port))
         password = credential.get("password")
-        if not isinstance(password, str) or not password:
+        if not isinstance(password, str) or not password or not _encodable(password):
             raise ConfigError(
-                f"a {self.kind} value needs a non-empty string `password` field "
+                f"a {self.kind} value needs a non-empty UTF-8 string `password` field "
                 '(expected e.g. {"password": "..."})'
             )
         return Credential({**defaults, **credential.as_dict()})

@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
+from psycopg import sql
 
 from rotator.credential import Credential
-from rotator.errors import RotationInProgress
+from rotator.errors import ConfigError, RotationInProgress
+from rotator.history import utcnow
 from rotator.stores import Stage
-from tests.integration.conftest import PgPlanFactory
+from rotator.stores.embedded import EmbeddedStore
+from tests.integration.conftest import Crash, PgPlan, PgPlanFactory, crash_at, set_lease
 from tests.integration.test_cli import Cli
 
 pytestmark = pytest.mark.integration
+
+
+def set_password(plan: PgPlan, secret: str, password: str) -> None:
+    """What an operator does by hand on the server: ALTER ROLE as the superuser."""
+    role = plan.roles[secret]
+    with plan.pg.admin() as conn:
+        verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256")
+        conn.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(verifier.decode())
+            )
+        )
 
 
 def test_replace_pending_adopts_the_given_value_and_drops_pending(pg_plan: PgPlanFactory) -> None:
@@ -22,6 +38,7 @@ def test_replace_pending_adopts_the_given_value_and_drops_pending(pg_plan: PgPla
     engine.adopt("db-0", Credential(password=role_password))
     old = store.read("db-0", Stage.CURRENT)
     stuck = store.put_pending("db-0", Credential(password="s" * 24), "stuck-run")
+    set_password(plan, "db-0", "hand-set-" + "x" * 16)
 
     with pytest.raises(RotationInProgress, match="--replace-pending"):
         engine.adopt("db-0", Credential(password="hand-set-" + "x" * 16))
@@ -77,3 +94,56 @@ def test_cli_put_replace_pending(pg_plan: PgPlanFactory, tmp_path) -> None:
     assert rotated.returncode == 0, rotated.stderr
     current = plan.new_runtime().stores.get("local").read("db-0", Stage.CURRENT)
     assert current is not None and plan.logs_in("db-0", current.credential.password)
+
+
+def test_replace_pending_refuses_while_pending_still_works(pg_plan: PgPlanFactory) -> None:
+    """After a crash past apply only PENDING logs in: replacing it would lose the login."""
+    plan = pg_plan()
+    old_password = plan.initial[plan.roles["db-0"]]
+    plan.runtime.engine.adopt("db-0", Credential(password=old_password))
+    with pytest.raises(Crash):
+        plan.new_runtime(step_hook=crash_at("applied")).engine.run("db-0")
+    pending = plan.store.read("db-0", Stage.PENDING)
+    assert pending is not None and plan.logs_in("db-0", pending.credential.password)
+
+    with pytest.raises(ConfigError, match="PENDING value of 'db-0' works"):
+        plan.new_runtime().engine.adopt(
+            "db-0", Credential(password=old_password), replace_pending=True
+        )
+    assert plan.store.read("db-0", Stage.PENDING) == pending
+
+
+def test_replace_pending_refuses_a_value_the_target_refuses(pg_plan: PgPlanFactory) -> None:
+    plan = pg_plan()
+    plan.store.put_pending("db-0", Credential(password="s" * 24), "stuck-run")
+    with pytest.raises(ConfigError, match="refuses the value given"):
+        plan.runtime.engine.adopt(
+            "db-0", Credential(password="not-the-password-" + "y" * 8), replace_pending=True
+        )
+    assert plan.store.read("db-0", Stage.PENDING) is not None
+
+
+def test_a_lease_lost_after_the_promote_still_reports_success(pg_plan: PgPlanFactory) -> None:
+    """The promote is the point of no return: a run that got there succeeded."""
+    plan = pg_plan()
+    runtime = plan.new_runtime()
+    database = runtime.database
+
+    class LeaseStolenDuringPromote(EmbeddedStore):
+        def promote(self, path: str, version_id: str) -> None:
+            super().promote(path, version_id)
+            set_lease(
+                database,
+                "db-0",
+                owner="another-worker",
+                fence=999,
+                expires_at=utcnow() + timedelta(minutes=5),
+            )
+
+    store = LeaseStolenDuringPromote("local", database, runtime.settings.fernet())
+    runtime.stores._built["local"] = store
+    result = runtime.engine.run("db-0")
+    assert result.outcome == "succeeded"
+    current = store.read("db-0", Stage.CURRENT)
+    assert current is not None and current.version_id == result.version_id
+    assert plan.logs_in("db-0", current.credential.password)

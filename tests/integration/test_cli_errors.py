@@ -177,3 +177,27 @@ def test_brackets_in_names_and_errors_are_shown_as_text(tmp_path: Path) -> None:
     assert "app[/x]db" in rotated.stdout
     shown = cli("history")
     assert shown.returncode == 0 and "app[/x]db" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("stdin", "expected"),
+    [
+        (b"\xff\xfe not utf-8", "JSON"),
+        ('{"password": "abcdefgh", "port": "\u00b2"}'.encode(), "port"),
+        (b'{"password": "abc\\udcffdefgh"}', "password"),
+    ],
+)
+def test_put_refuses_undecodable_or_unusable_values(cli: Cli, stdin: bytes, expected: str) -> None:
+    import subprocess
+
+    result = subprocess.run(
+        [*ROTATOR, "put", "app-db"],
+        input=stdin,
+        capture_output=True,
+        env=cli.env,
+        cwd=cli.cwd,
+        timeout=60,
+    )
+    stderr = result.stderr.decode(errors="replace")
+    assert result.returncode == 2, stderr
+    assert expected in one_clean_line(stderr)
