@@ -33,13 +33,9 @@ def adopt(
     spec = engine.plan.secret(name)
     rotator = engine.rotator_for(spec)
     credential = rotator.complete(credential)
-    for field_name in rotator.identity_fields:
-        expected = getattr(spec.target, field_name, None)
-        if expected is not None and credential.get(field_name) != expected:
-            raise ConfigError(
-                f"refusing to adopt a value for {name!r}: its {field_name} is "
-                f"{credential.get(field_name)!r} but the target block says {expected!r}"
-            )
+    problem = _identity_problem(rotator, credential)
+    if problem is not None:
+        raise ConfigError(f"refusing to adopt a value for {name!r}: {problem}")
     run_id = uuid.uuid4().hex
     store = engine.store_for(spec)
     with engine.leases.hold(name, run_id) as lease, secret_values(credential.secret_values()):
@@ -54,6 +50,7 @@ def adopt(
         if pending is not None:
             with secret_values(pending.credential.secret_values()):
                 _check_replacement(rotator, name, pending.credential, credential)
+        lease.check()  # the checks above log in and may take a while: still ours?
         if resumable is not None and pending is None:  # its version is CURRENT: record it
             current = store.read(spec.path, Stage.CURRENT)
             engine.history.finish_run(
@@ -74,19 +71,36 @@ def adopt(
 def _check_replacement(
     rotator: SecretRotator, name: str, pending: Credential, given: Credential
 ) -> None:
-    """Dropping PENDING is safe only when it no longer works and the given value does."""
-    try:
-        rotator.test(pending)
-    except CredentialRejected:
-        pass
-    else:
-        raise ConfigError(
-            f"the PENDING value of {name!r} works on the target; finish the rotation with "
-            f"`rotator rotate {name} --inline` instead of replacing it"
-        )
+    """Dropping PENDING is safe only when it no longer works and the given value does.
+
+    A PENDING for another login than the target block names (the block changed since) is
+    not this target's credential at all: no rotation can finish it, so it may go.
+    """
+    if _identity_problem(rotator, pending) is None:
+        try:
+            rotator.test(pending)
+        except CredentialRejected:
+            pass
+        else:
+            raise ConfigError(
+                f"the PENDING value of {name!r} works on the target; finish the rotation with "
+                f"`rotator rotate {name} --inline` instead of replacing it"
+            )
     try:
         rotator.test(given)
     except CredentialRejected as exc:
         raise ConfigError(
             f"the target refuses the value given for {name!r} ({exc}); nothing was changed"
         ) from None
+
+
+def _identity_problem(rotator: SecretRotator, credential: Credential) -> str | None:
+    """Why `credential` is not for the login the target block names, or None."""
+    for field_name in rotator.identity_fields:
+        expected = getattr(rotator.target, field_name, None)
+        if expected is not None and credential.get(field_name) != expected:
+            return (
+                f"its {field_name} is {credential.get(field_name)!r} "
+                f"but the target block says {expected!r}"
+            )
+    return None

@@ -227,7 +227,7 @@ def _credential_from_stdin() -> Credential:
     if len(data) > MAX_STDIN_BYTES:
         raise ConfigError(f"stdin holds more than {MAX_STDIN_BYTES} bytes {example}")
     try:
-        return Credential.from_json(data.decode("utf-8"))
+        return Credential.from_json(data.decode("utf-8-sig"))
     except (ValueError, RecursionError):
         raise ConfigError(f"stdin is not a JSON object {example}") from None
 

@@ -38,13 +38,14 @@ _REFUSED_TEXT = (
 _NO_CLEARTEXT = {"require_auth": "!password"} if psycopg.pq.version() >= 160000 else {}
 
 
-def _encodable(text: str) -> bool:
-    """False for text with lone surrogates, which no server connection can carry."""
+def _usable(text: str) -> bool:
+    """False for text no connection can carry: lone surrogates, or a NUL, at which libpq
+    would stop reading the connection settings (sslmode, require_auth, timeouts)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return False
-    return True
+    return "\x00" not in text
 
 
 def _fatal(exc: psycopg.Error) -> str:
@@ -75,6 +76,13 @@ class PostgresTarget(BaseModel):
             raise ValueError("role names are at most 63 bytes in PostgreSQL")
         if "\x00" in value:
             raise ValueError("role names cannot contain NUL")
+        return value
+
+    @field_validator("host", "dbname")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("cannot contain NUL (libpq would cut the connection settings there)")
         return value
 
 
@@ -144,14 +152,17 @@ class PostgresPasswordRotator(SecretRotator):
             "dbname": t.dbname,
             "username": t.username,
         }
-        port = credential.get("port")
+        port = credential.get("port", t.port)
         if isinstance(port, str) and port.isascii() and port.isdigit():  # typed as "5432"
-            credential = credential.replace(port=int(port))
+            port = int(port)
+        if not isinstance(port, int) or isinstance(port, bool):
+            raise ConfigError(f"a {self.kind} value's `port` must be a whole number, like {t.port}")
+        credential = credential.replace(port=port)
         password = credential.get("password")
-        if not isinstance(password, str) or not password or not _encodable(password):
+        if not isinstance(password, str) or not password or not _usable(password):
             raise ConfigError(
-                f"a {self.kind} value needs a non-empty UTF-8 string `password` field "
-                '(expected e.g. {"password": "..."})'
+                f"a {self.kind} value needs a non-empty UTF-8 string `password` field without "
+                'NUL characters (expected e.g. {"password": "..."})'
             )
         return Credential({**defaults, **credential.as_dict()})
 

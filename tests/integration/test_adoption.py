@@ -9,10 +9,11 @@ import pytest
 from psycopg import sql
 
 from rotator.credential import Credential
-from rotator.errors import ConfigError, RotationInProgress
+from rotator.errors import ConfigError, LockLost, RotationInProgress
 from rotator.history import utcnow
-from rotator.stores import Stage
+from rotator.stores import SecretVersion, Stage
 from rotator.stores.embedded import EmbeddedStore
+from rotators.postgres import PostgresPasswordRotator
 from tests.integration.conftest import Crash, PgPlan, PgPlanFactory, crash_at, set_lease
 from tests.integration.test_cli import Cli
 
@@ -147,3 +148,84 @@ def test_a_lease_lost_after_the_promote_still_reports_success(pg_plan: PgPlanFac
     current = store.read("db-0", Stage.CURRENT)
     assert current is not None and current.version_id == result.version_id
     assert plan.logs_in("db-0", current.credential.password)
+
+
+def test_a_pending_for_another_login_can_be_replaced(pg_plan: PgPlanFactory) -> None:
+    """The target block changed after a crash past apply: the old PENDING can never finish."""
+    plan = pg_plan()
+    stale = Credential(
+        engine="postgres",
+        host=plan.pg.host,
+        port=plan.pg.port,
+        dbname=plan.pg.dbname,
+        username=plan.roles["pg-admin"],
+        password=plan.initial[plan.roles["pg-admin"]],
+    )  # logs in, wrong login
+    plan.store.put_pending("db-0", stale, "stuck-run")
+    given = plan.initial[plan.roles["db-0"]]
+    result = plan.runtime.engine.adopt("db-0", Credential(password=given), replace_pending=True)
+    assert result.outcome == "adopted"
+    assert plan.store.read("db-0", Stage.PENDING) is None
+
+
+def test_an_adoption_that_died_after_storing_is_not_resumed(pg_plan: PgPlanFactory) -> None:
+    """Its value is CURRENT already: the next rotate makes a new password, not a no-op."""
+    plan = pg_plan()
+    plan.runtime.history.start_run("dead-adopt", "db-0", "adopt", None)
+    engine = plan.runtime.engine
+    value = engine.rotator_for(engine.plan.secret("db-0")).complete(
+        Credential(password=plan.initial[plan.roles["db-0"]])
+    )
+    adopted = plan.store.put_current("db-0", value, "dead-adopt")
+    result = plan.new_runtime().engine.run("db-0")
+    assert result.outcome == "succeeded" and not result.resumed
+    assert result.version_id != adopted.version_id
+    dead = plan.runtime.history.get_run("dead-adopt")
+    assert dead is not None and dead.status == "adopted"
+    assert not plan.logs_in("db-0", plan.initial[plan.roles["db-0"]])
+
+
+def test_put_current_failing_midway_keeps_current(pg_plan: PgPlanFactory) -> None:
+    plan = pg_plan()
+    before = plan.store.put_current("db-0", Credential(password="a" * 20), "t1")
+    runtime = plan.new_runtime()
+
+    class FailsWhileWriting(EmbeddedStore):
+        def _add(self, *args: object, **kwargs: object) -> SecretVersion:
+            raise RuntimeError("disk full")
+
+    broken = FailsWhileWriting("local", runtime.database, runtime.settings.fernet())
+    with pytest.raises(RuntimeError):
+        broken.put_current("db-0", Credential(password="b" * 20), "t2")
+    current = plan.store.read("db-0", Stage.CURRENT)
+    assert current is not None and current.version_id == before.version_id
+    assert plan.store.read("db-0", Stage.PREVIOUS) is None
+
+
+def test_a_put_that_lost_its_lease_writes_nothing(pg_plan: PgPlanFactory) -> None:
+    """Another worker took over while the replacement was being checked: hands off."""
+    plan = pg_plan()
+    plan.runtime.history.start_run("stuck", "db-0", "manual", None)
+    plan.store.put_pending("db-0", Credential(password="s" * 24), "stuck")
+    database = plan.runtime.database
+
+    class SlowChecks(PostgresPasswordRotator):
+        def test(self, credential: Credential) -> None:
+            set_lease(
+                database,
+                "db-0",
+                owner="another-worker",
+                fence=999,
+                expires_at=utcnow() + timedelta(minutes=5),
+            )
+            super().test(credential)
+
+    plan.runtime.engine.rotators = {"postgres-password": SlowChecks}
+    with pytest.raises(LockLost):
+        plan.runtime.engine.adopt(
+            "db-0", Credential(password=plan.initial[plan.roles["db-0"]]), replace_pending=True
+        )
+    stuck = plan.runtime.history.get_run("stuck")
+    assert stuck is not None and stuck.status == "running"
+    assert plan.store.read("db-0", Stage.PENDING) is not None
+    assert [r.trigger for r in plan.runtime.history.runs("db-0")] == ["manual"]  # no adopt run

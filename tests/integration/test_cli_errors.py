@@ -16,15 +16,17 @@ from tests.integration.test_cli import ROTATOR, Cli
 
 pytestmark = pytest.mark.integration
 
-SCHEDULES = """\
+# No server listens on the target port: these tests never reach a database.
+SCHEDULES = f"""\
 version: 1
-stores: {local: {type: embedded}}
+stores: {{local: {{type: embedded}}}}
+defaults: {{max_attempts: 1}}
 secrets:
   app-db:
     rotator: postgres-password
     store: local
     every: 30d
-    target: {host: 127.0.0.1, port: 5432, username: app}
+    target: {{host: 127.0.0.1, port: {free_port()}, dbname: "db[/y]", username: app}}
 """
 
 
@@ -172,10 +174,12 @@ def test_brackets_in_names_and_errors_are_shown_as_text(tmp_path: Path) -> None:
     for args in (("plan",), ("status",), ("history",)):
         result = cli(*args)
         assert result.returncode == 0, result.stderr
-    rotated = cli("rotate", "app[/x]db", "--inline")
+    assert cli("put", "app[/x]db", stdin='{"password": "pw-1234567890"}').returncode == 0
+    rotated = cli("rotate", "app[/x]db", "--inline", COLUMNS="400")
     assert rotated.returncode == 1 and "Traceback" not in rotated.stderr
     assert "app[/x]db" in rotated.stdout
-    shown = cli("history")
+    assert "db[/y] unreachable" in rotated.stdout  # the error text, brackets and all
+    shown = cli("history", COLUMNS="400")
     assert shown.returncode == 0 and "app[/x]db" in shown.stdout
 
 
@@ -184,7 +188,10 @@ def test_brackets_in_names_and_errors_are_shown_as_text(tmp_path: Path) -> None:
     [
         (b"\xff\xfe not utf-8", "JSON"),
         ('{"password": "abcdefgh", "port": "\u00b2"}'.encode(), "port"),
+        (b'{"password": "abcdefgh", "port": 5432.5}', "port"),
         (b'{"password": "abc\\udcffdefgh"}', "password"),
+        (b'{"password": "abc\\u0000defgh"}', "NUL"),
+        (('{"password": "' + "\u00e9" * 40_000 + '"}').encode(), "bytes"),
     ],
 )
 def test_put_refuses_undecodable_or_unusable_values(cli: Cli, stdin: bytes, expected: str) -> None:
@@ -194,10 +201,15 @@ def test_put_refuses_undecodable_or_unusable_values(cli: Cli, stdin: bytes, expe
         [*ROTATOR, "put", "app-db"],
         input=stdin,
         capture_output=True,
-        env=cli.env,
+        env={**cli.env, "PYTHONIOENCODING": "utf-8:strict"},
         cwd=cli.cwd,
         timeout=60,
     )
     stderr = result.stderr.decode(errors="replace")
     assert result.returncode == 2, stderr
     assert expected in one_clean_line(stderr)
+
+
+def test_put_accepts_a_byte_order_mark(cli: Cli) -> None:
+    result = cli("put", "app-db", stdin='\ufeff{"password": "pw-1234567890"}')
+    assert result.returncode == 0, result.stderr
