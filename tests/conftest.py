@@ -12,7 +12,6 @@ from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
 from rotator.config import Settings
-from rotator.credential import Credential
 from rotator.engine import StepHook
 from rotator.runtime import Runtime, build_runtime
 from tests.services.postgres import PgServer, start_pg_server
@@ -119,29 +118,3 @@ def make_runtime(tmp_path: Path, history_url: str) -> Iterator[RuntimeFactory]:
     yield make
     for runtime in built:
         runtime.close()
-
-
-@pytest.fixture
-def pg_runtime(
-    pg: PgServer, write_schedules: SchedulesWriter, make_runtime: RuntimeFactory
-) -> Callable[..., tuple[Runtime, dict[str, str]]]:
-    """A runtime whose `pg-admin` (a CREATEROLE role) is adopted, with secrets for fresh roles.
-
-    Returns the runtime and {secret name: role}; roles["pg-admin"] is the admin role.
-    """
-
-    def make(
-        count: int = 1, step_hook: StepHook | None = None, roles: dict[str, str] | None = None
-    ) -> tuple[Runtime, dict[str, str]]:
-        roles = roles or {f"db-{i}": unique_role() for i in range(count)}
-        admin_role, admin_password = unique_role("admin"), secrets.token_urlsafe(16)
-        pg.create_role(admin_role, admin_password, "CREATEROLE")
-        for role in roles.values():
-            pg.create_role(role, secrets.token_urlsafe(16))
-            pg.grant_admin(role, admin_role)
-        schedules = write_schedules(pg_schedules(pg, roles, admin_role))
-        runtime = make_runtime(schedules, step_hook=step_hook)
-        runtime.engine.adopt("pg-admin", Credential(password=admin_password))
-        return runtime, {**roles, "pg-admin": admin_role}
-
-    return make

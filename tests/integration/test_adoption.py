@@ -10,7 +10,7 @@ from psycopg import sql
 
 from rotator.credential import Credential
 from rotator.errors import ConfigError, LockLost, RotationInProgress
-from rotator.history import utcnow
+from rotator.history import Database, utcnow
 from rotator.stores import SecretVersion, Stage
 from rotator.stores.embedded import EmbeddedStore
 from rotators.postgres import PostgresPasswordRotator
@@ -18,6 +18,17 @@ from tests.integration.conftest import Crash, PgPlan, PgPlanFactory, crash_at, s
 from tests.integration.test_cli import Cli
 
 pytestmark = pytest.mark.integration
+
+
+def steal_lease(database: Database, secret: str) -> None:
+    """Another worker takes the lease of `secret` for the next five minutes."""
+    set_lease(
+        database,
+        secret,
+        owner="another-worker",
+        fence=999,
+        expires_at=utcnow() + timedelta(minutes=5),
+    )
 
 
 def set_password(plan: PgPlan, secret: str, password: str) -> None:
@@ -133,13 +144,7 @@ def test_a_lease_lost_after_the_promote_still_reports_success(pg_plan: PgPlanFac
     class LeaseStolenDuringPromote(EmbeddedStore):
         def promote(self, path: str, version_id: str) -> None:
             super().promote(path, version_id)
-            set_lease(
-                database,
-                "db-0",
-                owner="another-worker",
-                fence=999,
-                expires_at=utcnow() + timedelta(minutes=5),
-            )
+            steal_lease(database, "db-0")
 
     store = LeaseStolenDuringPromote("local", database, runtime.settings.fernet())
     runtime.stores._built["local"] = store
@@ -211,13 +216,7 @@ def test_a_put_that_lost_its_lease_writes_nothing(pg_plan: PgPlanFactory) -> Non
 
     class SlowChecks(PostgresPasswordRotator):
         def test(self, credential: Credential) -> None:
-            set_lease(
-                database,
-                "db-0",
-                owner="another-worker",
-                fence=999,
-                expires_at=utcnow() + timedelta(minutes=5),
-            )
+            steal_lease(database, "db-0")
             super().test(credential)
 
     plan.runtime.engine.rotators = {"postgres-password": SlowChecks}

@@ -180,12 +180,12 @@ def test_server_statement_log_holds_verifiers_never_passwords(
         assert all("PASSWORD 'SCRAM-SHA-256$4096:" in line for line in mine)
 
 
-def test_admin_password_in_a_plugin_message_is_scrubbed(pg_runtime) -> None:
+def test_admin_password_in_a_plugin_message_is_scrubbed(pg_plan: PgPlanFactory) -> None:
     """A rotator error that quotes the admin's password never reaches history or the result."""
     from rotator.errors import TransientError
     from rotators.postgres import PostgresPasswordRotator
 
-    runtime, _roles = pg_runtime(1)
+    runtime = pg_plan().runtime
     admin_password = runtime.engine.read_current("pg-admin").password
     assert admin_password
 

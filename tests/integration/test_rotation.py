@@ -5,13 +5,17 @@ from __future__ import annotations
 import pytest
 
 from rotator.stores import Stage
+from tests.integration.conftest import PgPlanFactory
 from tests.services.postgres import PgServer
 
 pytestmark = pytest.mark.integration
 
 
-def test_rotation_makes_new_password_work_and_old_fail(pg: PgServer, pg_runtime) -> None:
-    runtime, roles = pg_runtime(1)
+def test_rotation_makes_new_password_work_and_old_fail(
+    pg: PgServer, pg_plan: PgPlanFactory
+) -> None:
+    plan = pg_plan()
+    runtime, roles = plan.runtime, plan.roles
     store = runtime.stores.get("local")
     role = roles["db-0"]
     old = runtime.engine.run("db-0")  # first rotation from an unknown password (admin path)
