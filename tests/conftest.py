@@ -16,6 +16,13 @@ from rotator.engine import StepHook
 from rotator.runtime import Runtime, build_runtime
 from tests.services.postgres import PgServer, start_pg_server
 
+#: Each service's fixtures live beside its helper, owned by one module each.
+pytest_plugins = [
+    "tests.services.redis_fixtures",
+    "tests.services.moto_fixtures",
+    "tests.services.vault_fixtures",
+]
+
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PgServer]:
