@@ -10,6 +10,8 @@ from rotator.stores.base import SecretStore, SecretVersion, Stage, StoreConfig, 
 #: YAML `type:` -> "module:Class". A store's SDK is imported only when it is used.
 STORE_TYPES: dict[str, str] = {
     "embedded": "rotator.stores.embedded:EmbeddedStore",
+    "aws-secrets-manager": "rotator.stores.aws_sm:AwsSecretsManagerStore",
+    "vault-kv": "rotator.stores.vault_kv:VaultKvStore",
 }
 
 
