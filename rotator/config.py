@@ -10,7 +10,7 @@ from typing import Literal
 
 import structlog
 from cryptography.fernet import Fernet
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rotator.errors import ConfigError
@@ -37,6 +37,28 @@ class Settings(BaseSettings):
     #: How long a run's lease lives without renewal; renewed every third of it.
     lease_ttl_seconds: float = Field(60.0, gt=1, le=86400, allow_inf_nan=False)
 
+    # -- Celery (rotator/celery.py) ---------------------------------------------
+    #: Celery broker; empty means kombu's filesystem transport under <var_dir>/broker
+    #: (one host, no server). Use redis://HOST:6379/0 in production.
+    broker_url: str = ""
+    #: Where task results go; empty means files under <var_dir>/results (no server).
+    result_backend: str = ""
+    #: A rotation still running after this gets SoftTimeLimitExceeded (it fails, recorded).
+    task_soft_time_limit_seconds: float = Field(600.0, gt=0, le=86400, allow_inf_nan=False)
+    #: A rotation still running after this has its worker process killed.
+    task_time_limit_seconds: float = Field(900.0, gt=0, le=86400, allow_inf_nan=False)
+    #: Redis redelivers a message not acknowledged within this; must exceed the hard time
+    #: limit plus the longest retry countdown, or a running rotation is delivered twice.
+    broker_visibility_timeout_seconds: float = Field(
+        7200.0, gt=1, le=7 * 86400, allow_inf_nan=False
+    )
+    #: How long task results are kept.
+    result_expires_seconds: float = Field(86400.0, gt=0, allow_inf_nan=False)
+    #: How often a task retries a transient failure (with exponential backoff).
+    task_max_retries: int = Field(5, ge=0, le=100)
+    #: The longest wait between two retries of a task.
+    task_retry_backoff_max_seconds: float = Field(300.0, gt=0, le=86400, allow_inf_nan=False)
+
     @field_validator("encryption_key")
     @classmethod
     def _is_fernet_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -49,6 +71,22 @@ class Settings(BaseSettings):
                     "make one with `rotator keygen`"
                 ) from None
         return value
+
+    @model_validator(mode="after")
+    def _limits_fit(self) -> Settings:
+        if self.task_soft_time_limit_seconds >= self.task_time_limit_seconds:
+            raise ValueError(
+                "ROTATOR_TASK_SOFT_TIME_LIMIT_SECONDS must be below "
+                "ROTATOR_TASK_TIME_LIMIT_SECONDS (the soft limit warns the task first)"
+            )
+        needed = self.task_time_limit_seconds + self.task_retry_backoff_max_seconds
+        if self.broker_visibility_timeout_seconds <= needed:
+            raise ValueError(
+                "ROTATOR_BROKER_VISIBILITY_TIMEOUT_SECONDS must exceed the hard time limit "
+                f"plus the longest retry wait ({needed:g} s), or Redis redelivers a rotation "
+                "that is still running"
+            )
+        return self
 
     @cached_property
     def resolved_database_url(self) -> str:
@@ -110,6 +148,9 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "?"
+            if not error["loc"]:  # a rule across fields names its variables itself
+                problems.append(str(error["msg"]).removeprefix("Value error, "))
+                continue
+            field = str(error["loc"][0])
             problems.append(f"ROTATOR_{field.upper()}: {error['msg']}")
         raise ConfigError("invalid settings", problems) from None

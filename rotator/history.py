@@ -30,6 +30,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
@@ -118,6 +119,19 @@ class StoredVersion(Base):
     stage: Mapped[str | None] = mapped_column(String(16))
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SlotClaim(Base):
+    """A schedule slot of a secret taken by one run: a second trigger for it is a no-op."""
+
+    __tablename__ = "slot_claims"
+    __table_args__ = (UniqueConstraint("secret", "slot", name="uq_slot_claims_secret_slot"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    secret: Mapped[str] = mapped_column(String(255))
+    slot: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -269,3 +283,49 @@ class History:
                 .order_by(Run.started_at.desc())
             )
             return list(session.scalars(query))
+
+    def claim_slot(self, secret: str, slot: str, run_id: str | None = None) -> bool:
+        """Take `slot` of `secret`; False if it was taken already (by another run).
+
+        The UNIQUE (secret, slot) constraint decides between racing triggers on every
+        backend. A claim that already belongs to `run_id` is granted again, so a
+        redelivered message of the run that took the slot still finishes its rotation.
+        """
+        try:
+            with self.database.session() as session:
+                session.add(SlotClaim(secret=secret, slot=slot, run_id=run_id, claimed_at=utcnow()))
+            return True
+        except IntegrityError:
+            if run_id is None:
+                return False
+            claim = self.slot_claim(secret, slot)
+            return claim is not None and claim.run_id == run_id
+
+    def slot_claim(self, secret: str, slot: str) -> SlotClaim | None:
+        with self.database.session() as session:
+            query = select(SlotClaim).where(SlotClaim.secret == secret, SlotClaim.slot == slot)
+            return session.scalars(query).first()
+
+    def record_skipped(
+        self, run_id: str, secret: str, trigger: str, slot: str | None, reason: str
+    ) -> None:
+        """Record a trigger that did not run (another rotation held the secret)."""
+        now = utcnow()
+        try:
+            with self.database.session() as session:
+                if session.get(Run, run_id) is not None:
+                    return  # a redelivered trigger is recorded once
+                session.add(
+                    Run(
+                        id=run_id,
+                        secret=secret,
+                        trigger=trigger,
+                        slot=slot,
+                        status="skipped",
+                        started_at=now,
+                        finished_at=now,
+                        error=reason,
+                    )
+                )
+        except IntegrityError:  # the same trigger recorded at the same instant elsewhere
+            return

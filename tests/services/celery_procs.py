@@ -1,0 +1,128 @@
+"""Real `celery -A rotator ...` processes for end-to-end tests.
+
+`CeleryWorker` starts `celery -A rotator worker` in a process group of its own with
+the environment a test gives (ROTATOR_* settings for its schedules, history
+database and broker), waits for the worker's "ready" line, and stops it with
+SIGTERM then SIGKILL, or kills the whole group with -9 (main process and pool
+children) to stand for a machine dying. `celery_cli` runs any other celery command.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+CELERY = str(Path(sys.executable).parent / "celery")
+
+
+def worker_env(settings: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment without any ROTATOR_* of its own, plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ROTATOR_", "CELERY_"))}
+    env.update(settings)
+    env.setdefault("ROTATOR_LOG_FORMAT", "json")
+    return env
+
+
+class CeleryWorker:
+    """One `celery -A rotator worker` process group."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        cwd: Path,
+        concurrency: int = 2,
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        self.env = worker_env(env)
+        self.cwd = cwd
+        self.name = f"w{secrets.token_hex(4)}@%h"
+        self.logfile = cwd / f"worker-{secrets.token_hex(4)}.log"
+        self.args = [
+            CELERY,
+            "-A",
+            "rotator",
+            "worker",
+            "--loglevel=INFO",
+            f"--concurrency={concurrency}",
+            "-n",
+            self.name,
+            "--without-gossip",
+            "--without-mingle",
+            *extra,
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> CeleryWorker:
+        with open(self.logfile, "wb") as out:
+            self.process = subprocess.Popen(
+                self.args,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.wait_for_log(" ready.", timeout)
+        return self
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+
+    def wait_for_log(self, text: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"celery worker exited early:\n{self.log()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {text!r} from the worker:\n{self.log()[-4000:]}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Warm shutdown (SIGTERM to the main process), then SIGKILL to the group."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=timeout)
+        self.kill9()
+
+    def kill9(self) -> None:
+        """SIGKILL to the whole process group: the main process and every pool child."""
+        if self.process is None:
+            return
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+@contextmanager
+def running_worker(
+    env: Mapping[str, str], cwd: Path, concurrency: int = 2, extra: tuple[str, ...] = ()
+) -> Iterator[CeleryWorker]:
+    worker = CeleryWorker(env, cwd, concurrency, extra).start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+def celery_cli(
+    env: Mapping[str, str], cwd: Path, *args: str, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run `celery -A rotator ARGS...` to completion with the given settings."""
+    return subprocess.run(
+        [CELERY, "-A", "rotator", *args],
+        cwd=cwd,
+        env=worker_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
