@@ -1,0 +1,269 @@
+"""The Vault API routes rotator relies on, through hvac, as Vault documents them.
+
+The module runs unchanged against a real Vault and against tests/vault_emulator
+(the `vault` fixture decides), so a pass on both proves the emulator answers
+as Vault does for every route and status code rotator depends on.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+
+import hvac
+import hvac.exceptions
+import pytest
+
+from tests.services.vault import VaultService
+
+pytestmark = pytest.mark.integration
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll `condition` until it holds or `timeout` passes (for TTLs running out)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def path() -> str:
+    return f"app/{secrets.token_hex(4)}"
+
+
+# KV v2
+
+
+def test_kv_write_then_read_returns_the_data_and_version_metadata(
+    vault: VaultService, kv_mount: str
+) -> None:
+    kv = vault.client().secrets.kv.v2
+    where = path()
+    written = kv.create_or_update_secret(where, {"password": "s3cret"}, mount_point=kv_mount)
+    assert written["data"]["version"] == 1
+    assert written["data"]["deletion_time"] == ""
+    assert written["data"]["destroyed"] is False
+    assert {"request_id", "lease_id", "renewable", "lease_duration", "wrap_info"} <= set(written)
+    read = kv.read_secret_version(where, mount_point=kv_mount, raise_on_deleted_version=True)
+    assert read["data"]["data"] == {"password": "s3cret"}
+    assert read["data"]["metadata"]["version"] == 1
+    assert read["data"]["metadata"]["created_time"] == written["data"]["created_time"]
+    assert read["lease_id"] == "" and read["renewable"] is False
+
+
+def test_kv_versions_are_kept_and_readable_by_number(vault: VaultService, kv_mount: str) -> None:
+    kv = vault.client().secrets.kv.v2
+    where = path()
+    for n in range(1, 4):
+        assert (
+            kv.create_or_update_secret(where, {"n": n}, mount_point=kv_mount)["data"]["version"]
+            == n
+        )
+    latest = kv.read_secret_version(where, mount_point=kv_mount, raise_on_deleted_version=True)
+    first = kv.read_secret_version(
+        where, version=1, mount_point=kv_mount, raise_on_deleted_version=True
+    )
+    assert latest["data"]["data"] == {"n": 3}
+    assert first["data"]["data"] == {"n": 1}
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        kv.read_secret_version(
+            where, version=9, mount_point=kv_mount, raise_on_deleted_version=True
+        )
+
+
+def test_kv_cas_mismatch_is_refused_with_400_and_vaults_message(
+    vault: VaultService, kv_mount: str
+) -> None:
+    kv = vault.client().secrets.kv.v2
+    where = path()
+    kv.create_or_update_secret(where, {"v": 1}, mount_point=kv_mount)
+    kv.create_or_update_secret(where, {"v": 2}, cas=1, mount_point=kv_mount)
+    with pytest.raises(hvac.exceptions.InvalidRequest) as caught:
+        kv.create_or_update_secret(where, {"v": 3}, cas=1, mount_point=kv_mount)
+    assert "check-and-set parameter did not match the current version" in str(caught.value)
+    current = kv.read_secret_version(where, mount_point=kv_mount, raise_on_deleted_version=True)
+    assert current["data"]["data"] == {"v": 2}
+
+
+def test_kv_cas_zero_writes_only_when_the_secret_does_not_exist(
+    vault: VaultService, kv_mount: str
+) -> None:
+    kv = vault.client().secrets.kv.v2
+    where = path()
+    assert (
+        kv.create_or_update_secret(where, {"v": 1}, cas=0, mount_point=kv_mount)["data"]["version"]
+        == 1
+    )
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="check-and-set"):
+        kv.create_or_update_secret(where, {"v": 2}, cas=0, mount_point=kv_mount)
+
+
+def test_kv_cas_required_refuses_a_write_without_cas(vault: VaultService, kv_mount: str) -> None:
+    kv = vault.client().secrets.kv.v2
+    where = path()
+    kv.update_metadata(where, cas_required=True, mount_point=kv_mount)
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="check-and-set parameter required"):
+        kv.create_or_update_secret(where, {"v": 1}, mount_point=kv_mount)
+    kv.create_or_update_secret(where, {"v": 1}, cas=0, mount_point=kv_mount)
+
+
+def test_kv_metadata_carries_custom_metadata_versions_and_max_versions(
+    vault: VaultService, kv_mount: str
+) -> None:
+    kv = vault.client().secrets.kv.v2
+    where = path()
+    kv.update_metadata(
+        where, max_versions=2, custom_metadata={"owner": "rotator"}, mount_point=kv_mount
+    )
+    for n in range(1, 4):
+        kv.create_or_update_secret(where, {"n": n}, mount_point=kv_mount)
+    meta = kv.read_secret_metadata(where, mount_point=kv_mount)["data"]
+    assert meta["current_version"] == 3
+    assert meta["max_versions"] == 2
+    assert meta["custom_metadata"] == {"owner": "rotator"}
+    assert sorted(meta["versions"]) == ["2", "3"]
+    assert meta["oldest_version"] == 2
+    assert set(meta["versions"]["3"]) >= {"created_time", "deletion_time", "destroyed"}
+    read = kv.read_secret_version(where, mount_point=kv_mount, raise_on_deleted_version=True)
+    assert read["data"]["metadata"]["custom_metadata"] == {"owner": "rotator"}
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        kv.read_secret_version(
+            where, version=1, mount_point=kv_mount, raise_on_deleted_version=True
+        )
+
+
+def test_kv_soft_delete_undelete_and_destroy(vault: VaultService, kv_mount: str) -> None:
+    kv = vault.client().secrets.kv.v2
+    where = path()
+    kv.create_or_update_secret(where, {"v": 1}, mount_point=kv_mount)
+    kv.create_or_update_secret(where, {"v": 2}, mount_point=kv_mount)
+    kv.delete_latest_version_of_secret(where, mount_point=kv_mount)
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        kv.read_secret_version(where, mount_point=kv_mount, raise_on_deleted_version=True)
+    deleted = kv.read_secret_version(where, mount_point=kv_mount, raise_on_deleted_version=False)
+    assert deleted["data"]["data"] is None
+    assert deleted["data"]["metadata"]["deletion_time"] != ""
+    kv.undelete_secret_versions(where, versions=[2], mount_point=kv_mount)
+    restored = kv.read_secret_version(where, mount_point=kv_mount, raise_on_deleted_version=True)
+    assert restored["data"]["data"] == {"v": 2}
+    kv.destroy_secret_versions(where, versions=[1], mount_point=kv_mount)
+    meta = kv.read_secret_metadata(where, mount_point=kv_mount)["data"]
+    assert meta["versions"]["1"]["destroyed"] is True
+    kv.undelete_secret_versions(where, versions=[1], mount_point=kv_mount)
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        kv.read_secret_version(
+            where, version=1, mount_point=kv_mount, raise_on_deleted_version=True
+        )
+
+
+def test_kv_metadata_delete_removes_every_version(vault: VaultService, kv_mount: str) -> None:
+    kv = vault.client().secrets.kv.v2
+    where = path()
+    kv.create_or_update_secret(where, {"v": 1}, mount_point=kv_mount)
+    kv.delete_metadata_and_all_versions(where, mount_point=kv_mount)
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        kv.read_secret_metadata(where, mount_point=kv_mount)
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        kv.read_secret_version(where, mount_point=kv_mount, raise_on_deleted_version=True)
+
+
+def test_kv_list_shows_keys_and_folders_and_404_when_empty(
+    vault: VaultService, kv_mount: str
+) -> None:
+    kv = vault.client().secrets.kv.v2
+    kv.create_or_update_secret("team/db", {"v": 1}, mount_point=kv_mount)
+    kv.create_or_update_secret("team/sub/api", {"v": 1}, mount_point=kv_mount)
+    assert kv.list_secrets("team", mount_point=kv_mount)["data"]["keys"] == ["db", "sub/"]
+    assert kv.list_secrets("", mount_point=kv_mount)["data"]["keys"] == ["team/"]
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        kv.list_secrets("nobody", mount_point=kv_mount)
+
+
+def test_kv_missing_secret_is_404(vault: VaultService, kv_mount: str) -> None:
+    kv = vault.client().secrets.kv.v2
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        kv.read_secret_version(path(), mount_point=kv_mount, raise_on_deleted_version=True)
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        kv.read_secret_metadata(path(), mount_point=kv_mount)
+
+
+def test_mounting_twice_is_refused(vault: VaultService, kv_mount: str) -> None:
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="path is already in use"):
+        vault.client().sys.enable_secrets_engine("kv", path=kv_mount, options={"version": "2"})
+
+
+# Tokens
+
+
+@pytest.mark.parametrize("token", ["", "hvs.not-a-token"])
+def test_missing_or_unknown_token_is_403_permission_denied(
+    vault: VaultService, kv_mount: str, token: str
+) -> None:
+    client = hvac.Client(url=vault.url, token=token or None)
+    with pytest.raises(hvac.exceptions.Forbidden, match="permission denied"):
+        client.secrets.kv.v2.read_secret_version(
+            path(), mount_point=kv_mount, raise_on_deleted_version=True
+        )
+
+
+def test_unknown_route_is_404(vault: VaultService) -> None:
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        vault.client().adapter.get(f"/v1/no-such-mount-{secrets.token_hex(3)}/thing")
+
+
+def test_token_lookup_self_reports_policies_and_ttl(vault: VaultService) -> None:
+    token = vault.create_token("1h", "default")
+    data = vault.client(token).auth.token.lookup_self()["data"]
+    assert data["id"] == token
+    assert data["policies"] == ["default"]
+    assert 3500 < data["ttl"] <= 3600
+    assert data["creation_ttl"] == 3600
+    assert data["renewable"] is True
+    assert data["expire_time"]
+
+
+def test_token_expires_after_its_ttl(vault: VaultService) -> None:
+    client = vault.client(vault.create_token("2s", "default"))
+    assert client.auth.token.lookup_self()["data"]["ttl"] <= 2
+
+    def expired() -> bool:
+        try:
+            client.auth.token.lookup_self()
+        except hvac.exceptions.Forbidden:
+            return True
+        return False
+
+    assert wait_until(expired, timeout=10)
+
+
+def test_renew_self_extends_the_ttl_capped_by_explicit_max_ttl(vault: VaultService) -> None:
+    client = vault.client(vault.create_token("2s", "default", explicit_max_ttl="5s"))
+    renewed = client.auth.token.renew_self(increment="4s")["auth"]
+    assert 3 <= renewed["lease_duration"] <= 4
+    capped = client.auth.token.renew_self(increment="1h")
+    assert capped["auth"]["lease_duration"] <= 5
+    assert any("capped" in warning for warning in capped["warnings"] or [])
+
+
+def test_non_renewable_token_cannot_renew(vault: VaultService) -> None:
+    client = vault.client(vault.create_token("1h", "default", renewable=False))
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="not renewable"):
+        client.auth.token.renew_self()
+
+
+def test_revoke_self_makes_the_token_unusable(vault: VaultService) -> None:
+    client = vault.client(vault.create_token("1h", "default"))
+    client.auth.token.revoke_self()
+    with pytest.raises(hvac.exceptions.Forbidden):
+        client.auth.token.lookup_self()
+
+
+def test_revoking_a_parent_revokes_its_children(vault: VaultService) -> None:
+    parent = vault.client(vault.create_token("1h", "default"))
+    child = parent.auth.token.create(policies=["default"], ttl="1h")["auth"]["client_token"]
+    parent.auth.token.revoke_self()
+    with pytest.raises(hvac.exceptions.Forbidden):
+        vault.client(child).auth.token.lookup_self()

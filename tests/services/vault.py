@@ -1,0 +1,152 @@
+"""Which Vault the tests talk to, and helpers that set one up the same way on each.
+
+In order: `VAULT_ADDR` + `VAULT_TOKEN` (a real Vault, root token); a
+`hashicorp/vault` dev-mode container when a Docker engine answers; else
+tests/vault_emulator. `ROTATOR_TEST_VAULT=emulator` forces the emulator.
+Every helper goes through hvac, so it does the same to a real Vault and to
+the emulator; tests use unique mount and role names since the server is
+shared by the session.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import hvac
+import requests
+
+from tests.services.docker import docker_available
+from tests.vault_emulator import VaultEmulator
+
+VAULT_IMAGE = "hashicorp/vault:1.17"
+
+
+@dataclass
+class VaultService:
+    """A Vault reachable at `url` with the root token `token`."""
+
+    url: str
+    token: str
+    emulated: bool
+    emulator: VaultEmulator | None = None
+    container: Any = None
+    _approle_enabled: set[str] = field(default_factory=set)
+
+    def client(self, token: str | None = None, namespace: str | None = None) -> hvac.Client:
+        """An hvac client as rotator builds one (root token unless another is given)."""
+        return hvac.Client(url=self.url, token=token or self.token, namespace=namespace)
+
+    def enable_kv2(self, mount: str | None = None) -> str:
+        """Mount KV v2 at `mount` (default: a fresh name); an existing KV v2 mount is kept."""
+        mount = (mount or f"kv-{secrets.token_hex(4)}").strip("/")
+        mounts = self.client().sys.list_mounted_secrets_engines()["data"]
+        existing = mounts.get(f"{mount}/")
+        if existing is not None:
+            version = (existing.get("options") or {}).get("version")
+            if existing["type"] != "kv" or version != "2":
+                raise RuntimeError(f"{mount}/ is mounted as {existing['type']} v{version}")
+            return mount
+        self.client().sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
+        return mount
+
+    def create_token(
+        self,
+        ttl: str | int = "1h",
+        *policies: str,
+        renewable: bool = True,
+        explicit_max_ttl: str | int | None = None,
+        orphan: bool = False,
+    ) -> str:
+        """A new token (a child of root unless `orphan`) with these policies and TTL."""
+        auth = self.client().auth.token.create(
+            ttl=str(ttl) if isinstance(ttl, int) else ttl,
+            policies=list(policies) or ["default"],
+            renewable=renewable,
+            explicit_max_ttl=explicit_max_ttl,
+            no_parent=orphan,
+        )["auth"]
+        return str(auth["client_token"])
+
+    def write_policy(self, name: str, rules: str) -> None:
+        """An ACL policy (HCL). The emulator stores it but does not enforce ACLs."""
+        self.client().sys.create_or_update_acl_policy(name=name, policy=rules)
+
+    def enable_approle(
+        self,
+        role: str | None = None,
+        *,
+        policies: tuple[str, ...] = ("default",),
+        token_ttl: str = "1h",
+        token_max_ttl: str = "4h",
+        secret_id_ttl: str = "0",
+        mount: str = "approle",
+    ) -> tuple[str, str]:
+        """Enable AppRole at `mount` (once), create `role`; return (role_id, secret_id)."""
+        client = self.client()
+        if mount not in self._approle_enabled:
+            if f"{mount}/" not in client.sys.list_auth_methods()["data"]:
+                client.sys.enable_auth_method("approle", path=mount)
+            self._approle_enabled.add(mount)
+        role = role or f"role-{secrets.token_hex(4)}"
+        client.auth.approle.create_or_update_approle(
+            role,
+            token_policies=list(policies),
+            token_ttl=token_ttl,
+            token_max_ttl=token_max_ttl,
+            secret_id_ttl=secret_id_ttl,
+            mount_point=mount,
+        )
+        role_id = client.auth.approle.read_role_id(role, mount_point=mount)["data"]["role_id"]
+        secret_id = client.auth.approle.generate_secret_id(role, mount_point=mount)["data"][
+            "secret_id"
+        ]
+        return str(role_id), str(secret_id)
+
+    def stop(self) -> None:
+        if self.emulator is not None:
+            self.emulator.stop()
+        if self.container is not None:
+            self.container.stop()
+
+
+def start_vault() -> VaultService:
+    """The Vault for this test session (see the module docstring for the order)."""
+    forced = os.environ.get("ROTATOR_TEST_VAULT", "")
+    addr, token = os.environ.get("VAULT_ADDR"), os.environ.get("VAULT_TOKEN")
+    if forced != "emulator" and addr and token:
+        return VaultService(addr.rstrip("/"), token, emulated=False)
+    if forced != "emulator" and docker_available():
+        return _start_container()
+    emulator = VaultEmulator().start()
+    return VaultService(emulator.url, emulator.root_token, emulated=True, emulator=emulator)
+
+
+def _start_container() -> VaultService:
+    from testcontainers.core.container import DockerContainer
+
+    token = secrets.token_urlsafe(18)
+    container = (
+        DockerContainer(VAULT_IMAGE)
+        .with_env("VAULT_DEV_ROOT_TOKEN_ID", token)
+        .with_env("VAULT_DEV_LISTEN_ADDRESS", "0.0.0.0:8200")
+        .with_env("SKIP_SETCAP", "1")
+        .with_exposed_ports(8200)
+    )
+    container.start()
+    url = f"http://{container.get_container_host_ip()}:{container.get_exposed_port(8200)}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(f"{url}/v1/sys/health", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            container.stop()
+            raise RuntimeError(f"the Vault container at {url} did not become healthy in 60 s")
+        time.sleep(0.5)
+    return VaultService(url, token, emulated=False, container=container)
