@@ -1,10 +1,12 @@
 """PostgreSQL password rotation, single-user strategy.
 
-`apply` first checks whether PENDING already logs in (a replayed step), then
+`apply` first checks whether PENDING already logs in (a replayed step; skipped
+for a value this process generated a moment ago, which no server can know), then
 logs in with the admin secret's CURRENT (or as the user itself with CURRENT,
 falling back to PREVIOUS as AWS does) and runs ALTER ROLE with a
 SCRAM-SHA-256 verifier computed here, so no plaintext reaches the server or
-its statement log. Identifiers go through `sql.Identifier`, values through
+its statement log. Admin connections are reused between runs of one process
+(rotators/pg_connections.py). Identifiers go through `sql.Identifier`, values through
 `sql.Literal`: never string formatting.
 """
 
@@ -23,6 +25,7 @@ from rotator.base import SecretRotator
 from rotator.credential import Credential
 from rotator.errors import ConfigError, CredentialRejected, TransientError
 from rotator.passwords import generate_password
+from rotators.pg_connections import ADMIN_CONNECTIONS, PASSWORD_CHECKS, connection_key
 
 #: SQLSTATEs meaning "this login was refused" rather than "the server is away".
 _REFUSED = {"28P01", "28000", "3D000"}
@@ -119,7 +122,8 @@ class PostgresPasswordRotator(SecretRotator):
     identity_fields: ClassVar[tuple[str, ...]] = ("username", "host", "port")
 
     target: PostgresTarget
-    _password_checks_proven: bool = False
+    #: The value `generate` made in this process: apply need not ask whether it logs in.
+    _generated: Credential | None = None
 
     @classmethod
     def managed_identity(cls, target: BaseModel) -> tuple[str, ...] | None:
@@ -140,7 +144,10 @@ class PostgresPasswordRotator(SecretRotator):
         return None
 
     def generate(self, current: Credential | None) -> Credential:
-        return self.complete(Credential(password=generate_password(self.context.password_policy)))
+        self._generated = self.complete(
+            Credential(password=generate_password(self.context.password_policy))
+        )
+        return self._generated
 
     def complete(self, credential: Credential) -> Credential:
         """Fill the AWS-style fields (engine, host, port, dbname, username) from the target."""
@@ -169,9 +176,13 @@ class PostgresPasswordRotator(SecretRotator):
     def apply(
         self, pending: Credential, current: Credential | None, previous: Credential | None
     ) -> None:
-        if self._logs_in(pending):
+        fresh = self._generated is not None and pending == self._generated
+        self._generated = None  # once sent, a retry of this step must ask the server again
+        if fresh:
+            self._require_password_checks(pending)  # a trust server is refused before any change
+        elif self._logs_in(pending):
             return
-        with self._admin_connection(current, previous) as conn:
+        with self._admin_session(current, previous) as conn:
             username = pending.username or self.target.username
             verifier = conn.pgconn.encrypt_password(
                 str(pending.password).encode(), username.encode(), b"scram-sha-256"
@@ -190,14 +201,19 @@ class PostgresPasswordRotator(SecretRotator):
         self._require_password_checks(credential)
 
     def _require_password_checks(self, credential: Credential) -> None:
-        """A server that lets any password in (trust) makes a successful login prove nothing."""
-        if self._password_checks_proven:
+        """A server that lets any password in (trust) makes a successful login prove nothing.
+
+        The proof is kept per server and role for a while, so bulk rotations pay for it once.
+        """
+        username = credential.username or self.target.username
+        where = (self.target.host, self.target.port, username)
+        if PASSWORD_CHECKS.proven(*where):
             return
         decoy = credential.replace(password="decoy-" + secrets.token_urlsafe(24))
         try:
             self._connect(decoy).close()
         except CredentialRejected:
-            self._password_checks_proven = True
+            PASSWORD_CHECKS.record(*where)
             return
         raise ConfigError(
             f"{self._where()} lets role {credential.username!r} in with any password "
@@ -234,13 +250,27 @@ class PostgresPasswordRotator(SecretRotator):
             return False
         return True
 
-    def _admin_connection(
+    @contextmanager
+    def _admin_session(
+        self, current: Credential | None, previous: Credential | None
+    ) -> Iterator[psycopg.Connection[Any]]:
+        """A connection allowed to ALTER ROLE; the admin secret's is reused between runs."""
+        if not self.target.admin_secret:
+            with self._connect_as_self(current, previous) as conn:
+                yield conn
+            return
+        admin = self.context.lookup_secret(self.target.admin_secret)
+        t = self.target
+        key = connection_key(
+            t.host, t.port, t.dbname, admin.username or t.username, str(admin.password)
+        )
+        with ADMIN_CONNECTIONS.borrow(key, lambda: self._connect(admin)) as conn:
+            yield conn
+
+    def _connect_as_self(
         self, current: Credential | None, previous: Credential | None
     ) -> psycopg.Connection[Any]:
-        """A connection allowed to ALTER ROLE: the admin secret, else the user itself."""
-        if self.target.admin_secret:
-            admin = self.context.lookup_secret(self.target.admin_secret)
-            return self._connect(admin)
+        """No admin: log in as the user itself with CURRENT, else PREVIOUS (as AWS does)."""
         candidates = [c for c in (current, previous) if c is not None]
         if not candidates:
             raise CredentialRejected(
