@@ -11,7 +11,6 @@ from rotator.stores.base import SecretStore, SecretVersion, Stage, StoreConfig, 
 STORE_TYPES: dict[str, str] = {
     "embedded": "rotator.stores.embedded:EmbeddedStore",
     "aws-secrets-manager": "rotator.stores.aws_sm:AwsSecretsManagerStore",
-    "aws-secrets-manager": "rotator.stores.aws_sm:AwsSecretsManagerStore",
     "vault-kv": "rotator.stores.vault_kv:VaultKvStore",
 }
 
