@@ -1,0 +1,371 @@
+"""YamlScheduler: Celery beat driven by schedules.yaml and the rotation history.
+
+A `celery.beat.Scheduler` whose entries are the secrets of schedules.yaml. Due-ness
+comes from history (`rotator.slots`), so restarts neither lose nor repeat a slot.
+History is read in bulk (last successes, failures, running runs and their leases)
+once per refresh, never per secret per tick; between refreshes a heap of start
+times says when to look again. Each due slot is sent once as
+`rotator.rotate(name, trigger="schedule", slot=...)` with a task id derived from
+(secret, slot). The file is re-read when its (mtime, size, inode) changes; an
+invalid file is logged and the last good schedule keeps running. Only the leader
+(`rotator.leader`) sends; a follower keeps its state fresh to take over.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from celery.beat import ScheduleEntry, Scheduler
+from celery.schedules import crontab, schedule
+from celery.signals import beat_init
+from sqlalchemy import func, select, tuple_
+
+from rotator.config import Settings, load_settings
+from rotator.errors import ConfigError, RotatorError
+from rotator.history import Database, Lease, Run, SlotClaim
+from rotator.leader import Leadership, leadership_for
+from rotator.logging import configure_logging
+from rotator.runtime import open_database
+from rotator.schedule import Plan, SecretSpec, load_plan
+from rotator.slots import Abandoned, SecretState, Slot, next_slot
+
+log = structlog.get_logger("rotator.beat")
+
+TASK = "rotator.rotate"
+Signature = tuple[int, int, int] | None
+_CHUNK = 400
+
+
+def _configure_beat_logging(**_: object) -> None:
+    """structlog as the settings say, in the beat process only (not in importers)."""
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+
+
+beat_init.connect(_configure_beat_logging, weak=False)
+
+
+class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hints
+    """Sends each secret's due slot once; see the module docstring."""
+
+    #: Re-read history at least this often (seconds); capped at 5 x max_interval.
+    refresh_interval = 60.0
+    #: The leader lock lives this many beat intervals without an extension.
+    leader_ttl_intervals = 3.0
+
+    def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        # No I/O here: `celery beat --detach` and `inspect` build lazy instances.
+        self._settings: Settings | None = None
+        self._plan: Plan | None = None
+        self._signature: Signature = None
+        self._database: Database | None = None
+        self._leader: Leadership | None = None
+        self._slots: dict[str, Slot] = {}
+        self._busy: set[str] = set()
+        self._sent: dict[str, str] = {}
+        self._first_seen: dict[str, datetime] = {}
+        self._due: list[tuple[float, str, str]] = []
+        self._next_refresh = 0.0
+        self._entries: dict[str, ScheduleEntry] | None = None
+        super().__init__(app, *args, **kwargs)
+
+    # -- Celery's Scheduler interface ----------------------------------------------
+
+    def setup_schedule(self) -> None:
+        """Settings, logging, the plan and the history database; failures retry at tick."""
+        self._settings = load_settings()
+        self.refresh_interval = min(self.refresh_interval, max(5 * self.max_interval, 1.0))
+        self._maybe_reload()
+        self._connect()
+
+    def get_schedule(self) -> dict[str, ScheduleEntry]:
+        """Entries for introspection (the base `schedule` would return `self.data`)."""
+        if self._entries is None:
+            plan = self._plan
+            specs = plan.secrets.values() if plan is not None else ()
+            self._entries = {spec.name: self._entry(spec) for spec in specs}
+        return self._entries
+
+    def set_schedule(self, schedule: dict[str, ScheduleEntry]) -> None:
+        """The schedule comes from schedules.yaml; assignments are ignored."""
+
+    schedule = property(get_schedule, set_schedule)
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """Reload, lead, refresh and send what is due; never raises (beat must live)."""
+        try:
+            if self._settings is None:
+                self.setup_schedule()
+            self._maybe_reload()
+            if self._database is None:
+                self._connect()
+            leading = self._leader.ensure() if self._leader is not None else False
+            self._tick(leading)
+        except Exception as exc:
+            log.error("beat.tick_failed", error=f"{type(exc).__name__}: {exc}")
+        return self._wait()
+
+    def sync(self) -> None:
+        """Nothing to persist: history is the schedule's state."""
+
+    def close(self) -> None:
+        if self._leader is not None:
+            self._leader.release()
+            self._leader = None
+        if self._database is not None:
+            self._database.dispose()
+            self._database = None
+        super().close()
+
+    @property
+    def info(self) -> str:
+        source = self._settings.schedules if self._settings else "?"
+        count = len(self._plan.secrets) if self._plan else 0
+        return f"    . schedules -> {source} ({count} secrets)"
+
+    # -- the work of a tick --------------------------------------------------------
+
+    def _tick(self, leading: bool) -> None:
+        now = time.time()
+        due = bool(self._due) and self._due[0][0] <= now
+        if (due or time.monotonic() >= self._next_refresh) and not self._refresh():
+            return
+        if leading:
+            self._send_due()
+
+    def _wait(self) -> float:
+        """Seconds until the next start time or refresh, at most max_interval."""
+        waits = [float(self.max_interval), self._next_refresh - time.monotonic()]
+        if self._due:
+            waits.append(self._due[0][0] - time.time())
+        return max(min(waits), 0.05)
+
+    def _connect(self) -> None:
+        assert self._settings is not None
+        try:
+            self._database = open_database(self._settings)
+        except RotatorError as exc:
+            log.error("beat.history_unavailable", error=str(exc))
+            return
+        ttl = max(self.leader_ttl_intervals * self.max_interval, 5.0)
+        broker = str(self.app.conf.broker_url or "")
+        self._leader = leadership_for(broker, self._database, ttl)
+
+    def _refresh(self) -> bool:
+        """Bulk-read history and recompute every slot; False (logged) on a history outage."""
+        plan, database = self._plan, self._database
+        if plan is None or database is None:
+            return False
+        self._next_refresh = time.monotonic() + self.refresh_interval
+        try:
+            states, busy = load_states(database, self._first_seen)
+        except Exception as exc:
+            log.error("beat.history_unavailable", error=type(exc).__name__, detail=str(exc)[:200])
+            self._next_refresh = time.monotonic() + self.max_interval
+            return False
+        now = datetime.now(UTC)
+        self._busy = busy & plan.secrets.keys()
+        slots: dict[str, Slot] = {}
+        for name, spec in plan.secrets.items():
+            state = states.get(name) or SecretState(first_seen=self._first_seen.get(name))
+            if state.last_success is None:
+                self._first_seen.setdefault(name, now)
+            try:
+                slots[name] = next_slot(spec, state, now)
+            except Exception as exc:  # one bad entry must not stop the others
+                log.error("beat.entry_failed", secret=name, error=f"{type(exc).__name__}: {exc}")
+        self._slots = slots
+        # Sent slots and held secrets wait for the next refresh, not for every tick.
+        self._due = [
+            (s.start_at.timestamp(), n, s.slot)
+            for n, s in slots.items()
+            if n not in self._busy and self._sent.get(n) != s.slot
+        ]
+        heapq.heapify(self._due)
+        return True
+
+    def _send_due(self) -> None:
+        """Send every slot whose start has come, unless busy, sent or claimed already."""
+        now = time.time()
+        ready: list[Slot] = []
+        while self._due and self._due[0][0] <= now:
+            _, name, slot_id = heapq.heappop(self._due)
+            slot = self._slots.get(name)
+            if slot is None or slot.slot != slot_id:
+                continue
+            if name in self._busy or self._sent.get(name) == slot_id:
+                continue
+            ready.append(slot)
+        if not ready or self._database is None:
+            return
+        claimed = claimed_slots(self._database, [(s.secret, s.slot) for s in ready])
+        for slot in ready:
+            if (slot.secret, slot.slot) in claimed:
+                self._sent[slot.secret] = slot.slot
+                continue
+            try:
+                self._send(slot)
+            except Exception as exc:
+                log.error("beat.send_failed", secret=slot.secret, slot=slot.slot, error=str(exc))
+                return
+
+    def _send(self, slot: Slot) -> None:
+        self.app.send_task(
+            TASK,
+            args=(slot.secret,),
+            kwargs={"trigger": "schedule", "slot": slot.slot},
+            task_id=slot.task_id,
+            producer=self.producer,
+            headers={"celery_beat_task": True},
+        )
+        self._sent[slot.secret] = slot.slot
+        log.info(
+            "beat.sent",
+            secret=slot.secret,
+            slot=slot.slot,
+            reason=slot.reason,
+            task_id=slot.task_id,
+            due_at=slot.due_at.isoformat(),
+        )
+
+    # -- schedules.yaml ------------------------------------------------------------
+
+    def _maybe_reload(self) -> None:
+        """Load schedules.yaml when its (mtime, size, inode) changed; keep the last good plan."""
+        assert self._settings is not None
+        path = self._settings.schedules
+        signature = file_signature(path)
+        if signature == self._signature and self._plan is not None:
+            return
+        self._signature = signature
+        try:
+            plan = load_plan(path)
+        except ConfigError as exc:
+            kept = "the previous schedule keeps running" if self._plan else "nothing is scheduled"
+            log.error("beat.schedule_invalid", file=str(path), problems=exc.problems or [str(exc)])
+            log.error("beat.schedule_kept", file=str(path), detail=kept)
+            return
+        self._apply_plan(plan)
+
+    def _apply_plan(self, plan: Plan) -> None:
+        """Keep the state of unchanged secrets; changed, added and removed ones take effect."""
+        old = self._plan.secrets if self._plan is not None else {}
+        unchanged = {name for name, spec in plan.secrets.items() if old.get(name) == spec}
+        for table in (self._sent, self._first_seen):
+            for name in set(table) - unchanged:
+                del table[name]
+        changed = sorted(name for name in plan.secrets if name in old and name not in unchanged)
+        log.info(
+            "beat.schedule_loaded",
+            file=str(plan.source),
+            secrets=len(plan.secrets),
+            added=sorted(set(plan.secrets) - set(old)),
+            removed=sorted(set(old) - set(plan.secrets)),
+            changed=changed,
+        )
+        self._plan = plan
+        self._entries = None
+        self._next_refresh = 0.0  # recompute slots at the next tick
+
+    def _entry(self, spec: SecretSpec) -> ScheduleEntry:
+        every = spec.every
+        if every is not None:
+            when: Any = schedule(every, app=self.app)
+        else:
+            minute, hour, day, month, weekday = _cron_fields(spec.cron or "")
+            when = crontab(minute, hour, weekday, day, month, app=self.app)
+        return ScheduleEntry(
+            name=spec.name,
+            task=TASK,
+            schedule=when,
+            args=(spec.name,),
+            kwargs={"trigger": "schedule"},
+            app=self.app,
+        )
+
+
+def _cron_fields(cron: str) -> list[str]:
+    """Five cron fields; @daily-style keywords spelled out (for introspection only)."""
+    keywords = {
+        "@hourly": "0 * * * *",
+        "@daily": "0 0 * * *",
+        "@midnight": "0 0 * * *",
+        "@weekly": "0 0 * * 0",
+        "@monthly": "0 0 1 * *",
+        "@yearly": "0 0 1 1 *",
+        "@annually": "0 0 1 1 *",
+    }
+    return keywords.get(cron.strip(), cron).split()
+
+
+def file_signature(path: os.PathLike[str] | str) -> Signature:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def load_states(
+    database: Database, first_seen: dict[str, datetime]
+) -> tuple[dict[str, SecretState], set[str]]:
+    """Every secret's SecretState in three queries, and the secrets a live run holds."""
+    now = datetime.now(UTC)
+    with database.session() as session:
+        successes = dict(
+            session.execute(
+                select(Run.secret, func.max(Run.finished_at))
+                .where(Run.status.in_(("succeeded", "adopted")))
+                .group_by(Run.secret)
+            ).all()
+        )
+        failures = dict(
+            session.execute(
+                select(Run.secret, func.max(Run.finished_at))
+                .where(Run.status.in_(("failed", "rolled_back")))
+                .group_by(Run.secret)
+            ).all()
+        )
+        running = session.execute(
+            select(Run.id, Run.secret, Run.started_at, Lease.fence, Lease.expires_at)
+            .outerjoin(Lease, Lease.secret == Run.secret)
+            .where(Run.status == "running")
+            .order_by(Run.started_at)
+        ).all()
+    abandoned: dict[str, Abandoned] = {}
+    busy: set[str] = set()
+    for run_id, secret, started_at, fence, expires_at in running:
+        if expires_at is not None and expires_at > now:
+            busy.add(secret)
+        else:  # the newest abandoned run wins (rows are oldest first)
+            abandoned[secret] = Abandoned(run_id, fence or 0, expires_at or started_at)
+    states = {
+        name: SecretState(
+            last_success=successes.get(name),
+            last_failure=failures.get(name),
+            abandoned=None if name in busy else abandoned.get(name),
+            first_seen=first_seen.get(name),
+        )
+        for name in successes.keys() | failures.keys() | abandoned.keys()
+    }
+    return states, busy
+
+
+def claimed_slots(database: Database, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (secret, slot) pairs a worker has claimed already (in chunks of IN lists)."""
+    claimed: set[tuple[str, str]] = set()
+    with database.session() as session:
+        for start in range(0, len(pairs), _CHUNK):
+            chunk = pairs[start : start + _CHUNK]
+            rows = session.execute(
+                select(SlotClaim.secret, SlotClaim.slot).where(
+                    tuple_(SlotClaim.secret, SlotClaim.slot).in_(chunk)
+                )
+            ).all()
+            claimed.update((secret, slot) for secret, slot in rows)
+    return claimed

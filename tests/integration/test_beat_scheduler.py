@@ -1,0 +1,244 @@
+"""YamlScheduler in-process: a real Celery app on a real Redis, ticked by the test.
+
+What beat sends is read back from the Redis queue itself, so each test sees the
+messages a worker would receive.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from redis import Redis
+from structlog.testing import capture_logs
+
+from rotator.beat import YamlScheduler
+from rotator.devservers import free_port
+from rotator.history import Database, History, Run, utcnow
+from rotator.slots import task_id
+from tests.conftest import SchedulesWriter
+from tests.integration.conftest import set_lease
+
+pytestmark = pytest.mark.integration
+
+
+def secret_block(name: str, schedule: str = "every: 1d", user: str | None = None) -> str:
+    return (
+        f"  {name}:\n    rotator: postgres-password\n    store: local\n    {schedule}\n"
+        f"    window: 1s\n    target: {{host: 127.0.0.1, username: {user or name}}}\n"
+    )
+
+
+def schedules_text(*blocks: str) -> str:
+    return "version: 1\nstores: {local: {type: embedded}}\nsecrets:\n" + "".join(blocks)
+
+
+@pytest.fixture
+def beat_env(
+    tmp_path: Path, fresh_redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Database]:
+    """ROTATOR_* settings for in-process schedulers, and their history database."""
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    for key in [k for k in os.environ if k.startswith("ROTATOR_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("ROTATOR_SCHEDULES", str(tmp_path / "schedules.yaml"))
+    monkeypatch.setenv("ROTATOR_DATABASE_URL", url)
+    monkeypatch.setenv("ROTATOR_VAR_DIR", str(tmp_path / "var"))
+    database = Database(url)
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+SchedulerFactory = Callable[[], YamlScheduler]
+
+
+@pytest.fixture
+def make_scheduler(fresh_redis_url: str, beat_env: Database) -> Iterator[SchedulerFactory]:
+    """Schedulers (each with its own Celery app) on the test's Redis; closed after."""
+    made: list[tuple[Celery, YamlScheduler]] = []
+
+    def make() -> YamlScheduler:
+        app = Celery(f"beat-test-{len(made)}", set_as_current=False)
+        app.conf.update(
+            broker_url=fresh_redis_url, task_serializer="json", beat_max_loop_interval=1
+        )
+        scheduler = YamlScheduler(app=app)
+        made.append((app, scheduler))
+        return scheduler
+
+    yield make
+    for app, scheduler in made:
+        scheduler.close()
+        app.close()
+
+
+def sent(redis_url: str) -> list[dict[str, Any]]:
+    """The task messages waiting in the default queue: id, task, args, kwargs."""
+    client = Redis.from_url(redis_url)
+    try:
+        raw = client.lrange("celery", 0, -1)
+    finally:
+        client.close()
+    messages = []
+    for item in reversed(raw):  # LPUSH: newest first
+        message = json.loads(item)
+        args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+        headers = message["headers"]
+        messages.append({"id": headers["id"], "task": headers["task"], "args": args, **kwargs})
+    return messages
+
+
+def add_run(database: Database, secret: str, status: str, age: timedelta, **extra: Any) -> str:
+    run_id = uuid.uuid4().hex
+    started = utcnow() - age
+    with database.session() as session:
+        session.add(
+            Run(
+                id=run_id,
+                secret=secret,
+                trigger="schedule",
+                status=status,
+                started_at=started,
+                finished_at=None if status == "running" else started + timedelta(seconds=1),
+                **extra,
+            )
+        )
+    return run_id
+
+
+def test_due_secrets_are_sent_once_with_names_and_a_slot_task_id(
+    write_schedules: SchedulesWriter, make_scheduler: SchedulerFactory, fresh_redis_url: str
+) -> None:
+    write_schedules(schedules_text(secret_block("db-a"), secret_block("db-b")))
+    scheduler = make_scheduler()
+    for _ in range(3):
+        scheduler.tick()
+    messages = sent(fresh_redis_url)
+    assert sorted(m["args"][0] for m in messages) == ["db-a", "db-b"]
+    for message in messages:
+        assert message["task"] == "rotator.rotate"
+        assert message["args"] == [message["args"][0]]  # a name, nothing else
+        assert (message["trigger"], message["slot"]) == ("schedule", "first")
+        assert message["id"] == task_id(message["args"][0], "first")
+    assert set(scheduler.schedule) == {"db-a", "db-b"}
+
+
+def test_a_recent_success_is_not_due_and_long_downtime_sends_one_slot(
+    write_schedules: SchedulesWriter,
+    make_scheduler: SchedulerFactory,
+    fresh_redis_url: str,
+    beat_env: Database,
+) -> None:
+    write_schedules(schedules_text(secret_block("fresh"), secret_block("stale")))
+    add_run(beat_env, "fresh", "succeeded", timedelta(hours=2))
+    add_run(beat_env, "stale", "succeeded", timedelta(days=10))
+    scheduler = make_scheduler()
+    for _ in range(3):
+        scheduler.tick()
+    # A restarted beat (a new process) sends nothing more for the same history.
+    make_scheduler().tick()
+    messages = sent(fresh_redis_url)
+    assert [m["args"][0] for m in messages] == ["stale"]
+    assert messages[0]["slot"].startswith("every:")
+
+
+def test_an_abandoned_run_is_resumed_and_a_live_one_is_left_alone(
+    write_schedules: SchedulesWriter,
+    make_scheduler: SchedulerFactory,
+    fresh_redis_url: str,
+    beat_env: Database,
+) -> None:
+    write_schedules(schedules_text(secret_block("dead"), secret_block("live")))
+    for name in ("dead", "live"):
+        add_run(beat_env, name, "succeeded", timedelta(hours=1))
+    dead = add_run(beat_env, "dead", "running", timedelta(minutes=5))
+    add_run(beat_env, "live", "running", timedelta(minutes=1))
+    set_lease(beat_env, "dead", owner="gone", fence=3, expires_at=utcnow() - timedelta(seconds=2))
+    set_lease(beat_env, "live", owner="busy", fence=1, expires_at=utcnow() + timedelta(minutes=5))
+    make_scheduler().tick()
+    messages = sent(fresh_redis_url)
+    assert [(m["args"][0], m["slot"]) for m in messages] == [("dead", f"resume:{dead}:3")]
+
+
+def test_a_claimed_slot_is_not_sent_again(
+    write_schedules: SchedulesWriter,
+    make_scheduler: SchedulerFactory,
+    fresh_redis_url: str,
+    beat_env: Database,
+) -> None:
+    write_schedules(schedules_text(secret_block("db-a")))
+    assert History(beat_env).claim_slot("db-a", "first", "some-run")
+    make_scheduler().tick()
+    assert sent(fresh_redis_url) == []
+
+
+def test_edits_take_effect_and_an_invalid_edit_keeps_the_last_good_schedule(
+    write_schedules: SchedulesWriter, make_scheduler: SchedulerFactory, fresh_redis_url: str
+) -> None:
+    path = write_schedules(schedules_text(secret_block("one", "cron: '0 3 * * *'")))
+    scheduler = make_scheduler()
+    scheduler.tick()
+    assert set(scheduler.schedule) == {"one"} and sent(fresh_redis_url) == []
+
+    write_schedules(schedules_text(secret_block("one"), secret_block("two")))
+    scheduler.tick()
+    assert set(scheduler.schedule) == {"one", "two"}
+    assert sorted(m["args"][0] for m in sent(fresh_redis_url)) == ["one", "two"]
+
+    bad = schedules_text(secret_block("one", "every: 30x"), secret_block("three", "cron: nope"))
+    path.write_text(bad)
+    with capture_logs() as logs:
+        scheduler.tick()
+    invalid = [e for e in logs if e["event"] == "beat.schedule_invalid"]
+    assert len(invalid) == 1 and len(invalid[0]["problems"]) == 2
+    assert "30x" in invalid[0]["problems"][0] and "nope" in invalid[0]["problems"][1]
+    assert set(scheduler.schedule) == {"one", "two"}
+
+    write_schedules(schedules_text(secret_block("two")))
+    scheduler.tick()
+    assert set(scheduler.schedule) == {"two"}
+    assert len(sent(fresh_redis_url)) == 2
+
+
+def test_two_schedulers_on_one_redis_send_each_slot_once(
+    write_schedules: SchedulesWriter, make_scheduler: SchedulerFactory, fresh_redis_url: str
+) -> None:
+    write_schedules(schedules_text(secret_block("db-a")))
+    leader, follower = make_scheduler(), make_scheduler()
+    leader.tick()
+    follower.tick()
+    assert len(sent(fresh_redis_url)) == 1
+    # The leader stops; the follower takes over and sends what becomes due.
+    leader.close()
+    write_schedules(schedules_text(secret_block("db-a"), secret_block("db-b")))
+    follower.tick()
+    # db-a is sent again (no worker claimed it) under the same task id: still one task.
+    ids = {m["id"] for m in sent(fresh_redis_url)}
+    assert ids == {task_id("db-a", "first"), task_id("db-b", "first")}
+
+
+def test_a_history_outage_is_logged_and_beat_keeps_ticking(
+    write_schedules: SchedulesWriter,
+    make_scheduler: SchedulerFactory,
+    fresh_redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write_schedules(schedules_text(secret_block("db-a")))
+    nowhere = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/history"
+    monkeypatch.setenv("ROTATOR_DATABASE_URL", nowhere)
+    with capture_logs() as logs:
+        scheduler = make_scheduler()
+        waits = [scheduler.tick() for _ in range(2)]
+    assert all(wait > 0 for wait in waits)
+    outages = [e for e in logs if e["event"] == "beat.history_unavailable"]
+    assert len(outages) >= 2 and "history database" in outages[0]["error"]
+    assert sent(fresh_redis_url) == []
