@@ -1,0 +1,157 @@
+"""An application reading a rotated PostgreSQL password through SecretReader, against a real
+SCRAM PostgreSQL and the real engine (embedded store on SQLite and on PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import psycopg
+import pytest
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+from structlog.testing import capture_logs
+
+from rotator.client import SecretReader, postgres_auth_failed, postgres_connect_kwargs
+from rotator.client_settings import FromRotator, RotatorSettingsSource
+from rotator.credential import Credential
+from rotator.stores import Stage
+from tests.integration.conftest import PgPlan, PgPlanFactory, leaked
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def plan(pg_plan: PgPlanFactory) -> PgPlan:
+    """A role whose CURRENT password the engine set in a first rotation."""
+    plan = pg_plan()
+    assert plan.runtime.engine.run("db-0").outcome == "succeeded"
+    return plan
+
+
+@pytest.fixture
+def reader(plan: PgPlan) -> Iterator[SecretReader]:
+    """The app's reader: the workers' schedules and settings, a TTL far longer than the test."""
+    with SecretReader.from_schedules(
+        plan.schedules, plan.runtime.settings, ttl=3600, jitter=0
+    ) as reader:
+        yield reader
+
+
+def current_password(plan: PgPlan) -> str:
+    version = plan.store.read("db-0", Stage.CURRENT)
+    assert version is not None and version.credential.password is not None
+    return version.credential.password
+
+
+def logging_in(attempts: list[str]) -> Any:
+    """A login that records which password each attempt used."""
+
+    def login(credential: Credential) -> str:
+        attempts.append(str(credential.password))
+        kwargs = postgres_connect_kwargs(credential, connect_timeout=5)
+        with psycopg.connect(**kwargs) as conn:
+            row = conn.execute("SELECT current_user").fetchone()
+        assert row is not None
+        return str(row[0])
+
+    return login
+
+
+def test_app_survives_a_rotation_with_one_refresh(plan: PgPlan, reader: SecretReader) -> None:
+    before = current_password(plan)
+    with capture_logs() as logs:
+        with reader.connect_postgres("db-0", connect_timeout=5) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (plan.roles["db-0"],)
+        assert plan.runtime.engine.run("db-0").outcome == "succeeded"
+        after = current_password(plan)
+        assert after != before
+        cached = reader.current("db-0")
+        assert cached.password == before  # the TTL has not run out
+
+        with pytest.raises(psycopg.OperationalError) as refused:
+            psycopg.connect(**postgres_connect_kwargs(cached, connect_timeout=5))
+        assert postgres_auth_failed(refused.value)  # what a real refused login looks like
+
+        attempts: list[str] = []
+        assert reader.call("db-0", logging_in(attempts)) == plan.roles["db-0"]
+        assert attempts == [before, after]
+        with reader.connect_postgres("db-0", connect_timeout=5) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert "client.retry_after_refresh" in [entry["event"] for entry in logs]
+    assert leaked([repr(entry) for entry in logs], [before, after]) == []
+
+
+def test_connect_postgres_recovers_without_help(plan: PgPlan, reader: SecretReader) -> None:
+    reader.connect_postgres("db-0", connect_timeout=5).close()
+    plan.runtime.engine.run("db-0")
+    with reader.connect_postgres("db-0", connect_timeout=5) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (plan.roles["db-0"],)
+    assert reader.current("db-0").password == current_password(plan)
+
+
+def test_value_the_store_still_holds_is_raised_without_retry(
+    plan: PgPlan, reader: SecretReader
+) -> None:
+    reader.current("db-0")
+    plan.pg.create_role(plan.roles["db-0"], "changed-by-hand-" + "x" * 8)  # out of band
+    attempts: list[str] = []
+    with pytest.raises(psycopg.OperationalError) as raised:
+        reader.call("db-0", logging_in(attempts))
+    assert postgres_auth_failed(raised.value)
+    assert attempts == [current_password(plan)]
+
+
+def test_new_value_that_also_fails_is_raised_after_one_retry(
+    plan: PgPlan, reader: SecretReader
+) -> None:
+    before = current_password(plan)
+    reader.current("db-0")
+    plan.runtime.engine.run("db-0")
+    after = current_password(plan)
+    plan.pg.create_role(plan.roles["db-0"], "changed-by-hand-" + "y" * 8)  # out of band
+    attempts: list[str] = []
+    with pytest.raises(psycopg.OperationalError):
+        reader.call("db-0", logging_in(attempts))
+    assert attempts == [before, after]
+
+
+def test_scope_rereads_after_an_auth_failure(plan: PgPlan, reader: SecretReader) -> None:
+    reader.current("db-0")
+    plan.runtime.engine.run("db-0")
+    with pytest.raises(psycopg.OperationalError), reader.credential("db-0") as cred:
+        psycopg.connect(**postgres_connect_kwargs(cred, connect_timeout=5))
+    with reader.credential("db-0") as cred:
+        psycopg.connect(**postgres_connect_kwargs(cred, connect_timeout=5)).close()
+        assert cred.password == current_password(plan)
+
+
+def test_settings_source_fills_secretstr_from_rotated_secret(plan: PgPlan) -> None:
+    class AppSettings(BaseSettings):
+        database_password: Annotated[SecretStr, FromRotator("db-0")]
+        database_user: Annotated[str, FromRotator("db-0", "username")]
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            def build() -> SecretReader:
+                return SecretReader.from_schedules(plan.schedules, plan.runtime.settings)
+
+            return (init_settings, RotatorSettingsSource(settings_cls, build), env_settings)
+
+    first = AppSettings()  # type: ignore[call-arg]
+    plan.runtime.engine.run("db-0")
+    second = AppSettings()  # type: ignore[call-arg]
+
+    role = plan.roles["db-0"]
+    assert second.database_user == role
+    new = second.database_password.get_secret_value()
+    assert new == current_password(plan)
+    assert plan.pg.logs_in(role, new)
+    assert not plan.pg.logs_in(role, first.database_password.get_secret_value())
