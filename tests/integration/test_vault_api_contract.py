@@ -267,3 +267,69 @@ def test_revoking_a_parent_revokes_its_children(vault: VaultService) -> None:
     parent.auth.token.revoke_self()
     with pytest.raises(hvac.exceptions.Forbidden):
         vault.client(child).auth.token.lookup_self()
+
+
+# AppRole
+
+
+def test_approle_login_issues_a_token_with_the_roles_policies_and_ttl(
+    vault: VaultService,
+) -> None:
+    role_id, secret_id = vault.enable_approle(
+        policies=("default",), token_ttl="1h", token_max_ttl="2h"
+    )
+    client = hvac.Client(url=vault.url)
+    auth = client.auth.approle.login(role_id=role_id, secret_id=secret_id)["auth"]
+    assert auth["client_token"] and auth["accessor"]
+    assert auth["lease_duration"] == 3600
+    assert auth["renewable"] is True
+    assert auth["policies"] == ["default"]
+    assert auth["metadata"]["role_name"]
+    data = vault.client(auth["client_token"]).auth.token.lookup_self()["data"]
+    assert data["path"] == "auth/approle/login"
+    assert data["orphan"] is True
+
+
+def test_approle_token_renewal_is_capped_by_token_max_ttl(vault: VaultService) -> None:
+    role_id, secret_id = vault.enable_approle(token_ttl="2s", token_max_ttl="4s")
+    login = hvac.Client(url=vault.url).auth.approle.login(role_id=role_id, secret_id=secret_id)
+    client = vault.client(login["auth"]["client_token"])
+    renewed = client.auth.token.renew_self(increment="1h")
+    assert renewed["auth"]["lease_duration"] <= 4
+    assert renewed["warnings"]
+
+    def expired() -> bool:
+        try:
+            client.auth.token.lookup_self()
+        except hvac.exceptions.Forbidden:
+            return True
+        return False
+
+    assert wait_until(expired, timeout=10)
+
+
+@pytest.mark.parametrize("wrong", ["role_id", "secret_id"])
+def test_approle_login_with_a_wrong_id_is_400_invalid_role_or_secret_id(
+    vault: VaultService, wrong: str
+) -> None:
+    role_id, secret_id = vault.enable_approle()
+    ids = {
+        "role_id": role_id,
+        "secret_id": secret_id,
+        wrong: "00000000-0000-0000-0000-000000000000",
+    }
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="invalid role or secret ID"):
+        hvac.Client(url=vault.url).auth.approle.login(**ids)
+
+
+def test_approle_secret_id_with_one_use_logs_in_once(vault: VaultService) -> None:
+    role = f"single-use-{secrets.token_hex(3)}"
+    vault.enable_approle(role)
+    approle = vault.client().auth.approle
+    approle.create_or_update_approle(role, token_policies=["default"], secret_id_num_uses=1)
+    role_id = approle.read_role_id(role)["data"]["role_id"]
+    secret_id = approle.generate_secret_id(role)["data"]["secret_id"]
+    client = hvac.Client(url=vault.url)
+    client.auth.approle.login(role_id=role_id, secret_id=secret_id)
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="invalid role or secret ID"):
+        client.auth.approle.login(role_id=role_id, secret_id=secret_id)

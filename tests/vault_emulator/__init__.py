@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from tests.vault_emulator.approle import AppRole
 from tests.vault_emulator.kv import KvV2
 from tests.vault_emulator.server import AuthMethods, SecretEngines, Vault, _Server
 
@@ -25,12 +26,16 @@ def _kv(vault: Vault, path: str) -> Any:
     return KvV2()
 
 
+def _approle(vault: Vault, path: str) -> Any:
+    return AppRole(vault.tokens, path)
+
+
 class VaultEmulator:
     """The emulated Vault, served from daemon threads on a free loopback port."""
 
     def __init__(self) -> None:
         engines: SecretEngines = {"kv": _kv}
-        auth_methods: AuthMethods = {}
+        auth_methods: AuthMethods = {"approle": _approle}
         self.vault = Vault(engines, auth_methods)
         self.sweepers = [self.vault.tokens.sweep]
         self._server: _Server | None = None
