@@ -1,22 +1,24 @@
-"""`celery -A rotator call rotator.rotate` rotates through a real worker, Redis and PostgreSQL."""
+"""`rotator.rotate` through real `celery -A rotator` processes, Redis and PostgreSQL."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from celery import Celery
 
-from rotator.celery import celery_config
-from rotator.config import Settings
 from rotator.credential import Credential
 from rotator.history import Run
 from rotator.stores import Stage
 from tests.integration.conftest import PgPlan, PgPlanFactory, dump_tables, leaked, value_forms
-from tests.services.celery_procs import celery_cli, running_worker
+from tests.services.celery_procs import (
+    celery_cli,
+    client_app,
+    rotator_env,
+    running_worker,
+    wait_result,
+)
 from tests.services.postgres import PgServer
 
 pytestmark = pytest.mark.integration
@@ -26,43 +28,6 @@ pytestmark = pytest.mark.integration
 def history_url(pg: PgServer) -> str:
     """Workers and the test share one PostgreSQL history database, as hosts do in production."""
     return pg.url(pg.create_database())
-
-
-def worker_settings(plan: PgPlan, broker: str, **extra: str) -> dict[str, str]:
-    """The ROTATOR_* environment of a worker running `plan` against `broker`."""
-    settings = plan.runtime.settings
-    assert settings.encryption_key is not None
-    env = {
-        "ROTATOR_SCHEDULES": str(plan.schedules),
-        "ROTATOR_DATABASE_URL": settings.resolved_database_url,
-        "ROTATOR_ENCRYPTION_KEY": settings.encryption_key.get_secret_value(),
-        "ROTATOR_VAR_DIR": str(settings.var_dir),
-        "ROTATOR_BROKER_URL": broker,
-        "ROTATOR_RESULT_BACKEND": broker,
-    }
-    env.update(extra)
-    return env
-
-
-@pytest.fixture
-def results_app() -> Iterator[Any]:
-    """Reads task results the way a client would: an app configured from the same settings."""
-    made: list[Celery] = []
-
-    def make(env: dict[str, str]) -> Celery:
-        settings = Settings(
-            broker_url=env["ROTATOR_BROKER_URL"],
-            result_backend=env["ROTATOR_RESULT_BACKEND"],
-            var_dir=Path(env["ROTATOR_VAR_DIR"]),
-        )
-        app = Celery("rotator-test", set_as_current=False)
-        app.conf.update(celery_config(settings))
-        made.append(app)
-        return app
-
-    yield make
-    for app in made:
-        app.close()
 
 
 def adopted_plan(pg_plan: PgPlanFactory, **options: Any) -> PgPlan:
@@ -79,32 +44,93 @@ def call_rotate(env: dict[str, str], cwd: Path, *args: object) -> str:
     return done.stdout.strip()
 
 
-def test_celery_call_rotates_through_a_worker_and_redis(
-    pg_plan: PgPlanFactory, fresh_redis_url: str, results_app: Any, tmp_path: Path
-) -> None:
-    plan = adopted_plan(pg_plan)
-    env = worker_settings(plan, fresh_redis_url)
-    before = plan.store.read("db-0", Stage.CURRENT)
-    with running_worker(env, tmp_path) as worker:
-        task_id = call_rotate(env, tmp_path, "db-0")
-        result = results_app(env).AsyncResult(task_id).get(timeout=120)
-    assert result["outcome"] == "succeeded", result
-    assert result["run_id"] == task_id and result["secret"] == "db-0"
+def assert_rotated_once(plan: PgPlan, result: dict[str, Any], before_version: str) -> str:
+    """CURRENT is the run's new version and logs in; the old password no longer does."""
     current = plan.store.read("db-0", Stage.CURRENT)
     previous = plan.store.read("db-0", Stage.PREVIOUS)
-    assert current is not None and previous is not None and before is not None
-    assert current.version_id == result["version_id"] != before.version_id
-    assert previous.version_id == before.version_id
-    new_password = current.credential.get("password")
-    assert plan.logs_in("db-0", new_password)
+    assert current is not None and previous is not None
+    assert current.version_id == result["version_id"] != before_version
+    assert previous.version_id == before_version
+    password = current.credential.get("password")
+    assert plan.logs_in("db-0", password)
     assert not plan.logs_in("db-0", plan.initial[plan.roles["db-0"]])
-    run = plan.runtime.history.get_run(task_id)
-    assert isinstance(run, Run) and run.status == "succeeded"
-    secrets_known = [new_password, plan.initial[plan.roles["db-0"]]]
-    history_blobs = [
+    return str(password)
+
+
+def history_values(plan: PgPlan) -> list[bytes]:
+    """Every value in the history database outside the (encrypted) embedded store."""
+    return [
         form
         for table, _, value in dump_tables(plan.runtime.database)
         if table != "stored_versions"
         for form in value_forms(value)
     ]
-    assert leaked([json.dumps(result), worker.log(), *history_blobs], secrets_known) == []
+
+
+def test_celery_call_rotates_through_a_worker_and_redis(
+    pg_plan: PgPlanFactory, fresh_redis_url: str, tmp_path: Path
+) -> None:
+    """The real CLI triggers a real worker: the new password logs in, nothing leaks."""
+    plan = adopted_plan(pg_plan)
+    env = rotator_env(plan.runtime.settings, fresh_redis_url)
+    before = plan.store.read("db-0", Stage.CURRENT)
+    assert before is not None
+    with running_worker(env, tmp_path) as worker, client_app(env) as app:
+        task_id = call_rotate(env, tmp_path, "db-0")
+        result = wait_result(app, task_id)
+    assert result["outcome"] == "succeeded", result
+    assert result["run_id"] == task_id and result["secret"] == "db-0"
+    password = assert_rotated_once(plan, result, before.version_id)
+    run = plan.runtime.history.get_run(task_id)
+    assert isinstance(run, Run) and (run.status, run.trigger) == ("succeeded", "manual")
+    known = [password, plan.initial[plan.roles["db-0"]]]
+    assert leaked([json.dumps(result), worker.log(), *history_values(plan)], known) == []
+    assert '"event": "rotate.received"' in worker.log()
+    assert '"event": "rotate.finished"' in worker.log()
+
+
+def test_duplicate_slot_is_a_no_op_and_unknown_secret_an_error(
+    pg_plan: PgPlanFactory, fresh_redis_url: str, tmp_path: Path
+) -> None:
+    """A second trigger for one (secret, slot) rotates nothing; an unknown name is not retried."""
+    plan = adopted_plan(pg_plan)
+    env = rotator_env(plan.runtime.settings, fresh_redis_url)
+    slot = "2030-01-01T03:00:00Z"
+    with running_worker(env, tmp_path) as worker, client_app(env) as app:
+        first = app.send_task("rotator.rotate", args=["db-0", "schedule", slot])
+        first_result = wait_result(app, first.id)
+        second = app.send_task("rotator.rotate", args=["db-0", "schedule", slot])
+        second_result = wait_result(app, second.id)
+        unknown = app.send_task("rotator.rotate", args=["no-such-secret"])
+        unknown_result = wait_result(app, unknown.id)
+        unknown_state = app.AsyncResult(unknown.id).state
+    assert first_result["outcome"] == "succeeded", first_result
+    assert second_result["outcome"] == "duplicate", second_result
+    assert second_result["version_id"] is None
+    runs = plan.runtime.history.runs("db-0")
+    assert [(r.id, r.trigger, r.slot) for r in runs if r.trigger == "schedule"] == [
+        (first.id, "schedule", slot)
+    ]
+    claim = plan.runtime.history.slot_claim("db-0", slot)
+    assert claim is not None and claim.run_id == first.id
+    assert unknown_result["outcome"] == "error" and unknown_state == "SUCCESS"
+    assert "no-such-secret" in (unknown_result["error"] or "")
+    assert "rotate.retrying" not in worker.log()
+    assert plan.runtime.history.runs("no-such-secret") == []
+
+
+def test_default_filesystem_broker_needs_no_redis(pg_plan: PgPlanFactory, tmp_path: Path) -> None:
+    """With no broker settings, `worker` + `call` + `inspect ping` work on files under var_dir."""
+    plan = adopted_plan(pg_plan)
+    env = rotator_env(plan.runtime.settings, None)
+    before = plan.store.read("db-0", Stage.CURRENT)
+    assert before is not None
+    with running_worker(env, tmp_path), client_app(env) as app:
+        assert app.conf.broker_url == "filesystem://"
+        ping = celery_cli(env, tmp_path, "inspect", "ping", "--timeout", "5")
+        assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
+        task_id = call_rotate(env, tmp_path, "db-0")
+        result = wait_result(app, task_id)
+    assert result["outcome"] == "succeeded", result
+    assert_rotated_once(plan, result, before.version_id)
+    assert (plan.runtime.settings.var_dir / "broker" / "queue").is_dir()

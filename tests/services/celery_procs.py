@@ -18,6 +18,12 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from rotator.celery import celery_config
+from rotator.config import Settings
 
 CELERY = str(Path(sys.executable).parent / "celery")
 
@@ -126,3 +132,41 @@ def celery_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def rotator_env(settings: Settings, broker: str | None, **extra: str) -> dict[str, str]:
+    """The ROTATOR_* environment of a process sharing `settings` (None: the default broker)."""
+    env = {
+        "ROTATOR_SCHEDULES": str(settings.schedules),
+        "ROTATOR_DATABASE_URL": settings.resolved_database_url,
+        "ROTATOR_VAR_DIR": str(settings.var_dir),
+    }
+    if settings.encryption_key is not None:
+        env["ROTATOR_ENCRYPTION_KEY"] = settings.encryption_key.get_secret_value()
+    if broker is not None:
+        env["ROTATOR_BROKER_URL"] = broker
+        env["ROTATOR_RESULT_BACKEND"] = broker
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def client_app(env: Mapping[str, str]) -> Iterator[Celery]:
+    """A Celery app configured like the workers of `env`: sends tasks and reads results."""
+    settings = Settings(
+        broker_url=env.get("ROTATOR_BROKER_URL", ""),
+        result_backend=env.get("ROTATOR_RESULT_BACKEND", ""),
+        var_dir=Path(env["ROTATOR_VAR_DIR"]),
+    )
+    app = Celery("rotator-client", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def wait_result(app: Celery, task_id: str, timeout: float = 120.0) -> dict[str, Any]:
+    result = app.AsyncResult(task_id).get(timeout=timeout)
+    assert isinstance(result, dict), result
+    return result
