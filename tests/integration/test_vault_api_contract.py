@@ -15,7 +15,7 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from tests.services.vault import VaultService
+from tests.services.vault import KubernetesLogin, VaultService
 
 pytestmark = pytest.mark.integration
 
@@ -333,3 +333,64 @@ def test_approle_secret_id_with_one_use_logs_in_once(vault: VaultService) -> Non
     client.auth.approle.login(role_id=role_id, secret_id=secret_id)
     with pytest.raises(hvac.exceptions.InvalidRequest, match="invalid role or secret ID"):
         client.auth.approle.login(role_id=role_id, secret_id=secret_id)
+
+
+# Kubernetes
+
+
+@pytest.fixture
+def k8s(vault: VaultService) -> KubernetesLogin:
+    """A kubernetes auth mount and a JWT it accepts.
+
+    Real Vault checks the JWT with the cluster's TokenReview API, so against a real
+    Vault these tests need a cluster (ROTATOR_TEST_K8S_*, see
+    VaultService.kubernetes_login) and skip without one; the emulator stands in for
+    the cluster itself. This is the one place a real-Vault run may skip.
+    """
+    login = vault.kubernetes_login(f"app-{secrets.token_hex(3)}")
+    if login is None:
+        pytest.skip("real Vault without a Kubernetes cluster (set ROTATOR_TEST_K8S_*)")
+    return login
+
+
+def test_kubernetes_login_issues_a_token_for_the_bound_service_account(
+    vault: VaultService, k8s: KubernetesLogin
+) -> None:
+    auth = hvac.Client(url=vault.url).auth.kubernetes.login(
+        k8s.role, k8s.jwt, mount_point=k8s.mount
+    )["auth"]
+    assert auth["policies"] == ["default"]
+    assert auth["lease_duration"] == 3600
+    assert auth["metadata"]["role"] == k8s.role
+    assert auth["metadata"]["service_account_name"] == k8s.service_account
+    assert auth["metadata"]["service_account_namespace"] == k8s.namespace
+    assert vault.client(auth["client_token"]).auth.token.lookup_self()["data"]["ttl"] > 0
+
+
+def test_kubernetes_login_with_an_unknown_role_is_400(
+    vault: VaultService, k8s: KubernetesLogin
+) -> None:
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="invalid role name"):
+        hvac.Client(url=vault.url).auth.kubernetes.login(
+            "no-such-role", k8s.jwt, mount_point=k8s.mount
+        )
+
+
+def test_kubernetes_login_with_a_forged_jwt_is_403(
+    vault: VaultService, k8s: KubernetesLogin
+) -> None:
+    header, claims, _ = k8s.jwt.split(".")
+    forged = f"{header}.{claims}.{secrets.token_urlsafe(32)}"
+    with pytest.raises(hvac.exceptions.Forbidden):
+        hvac.Client(url=vault.url).auth.kubernetes.login(k8s.role, forged, mount_point=k8s.mount)
+
+
+def test_kubernetes_login_for_an_unbound_service_account_is_403(
+    vault: VaultService, k8s: KubernetesLogin
+) -> None:
+    client = vault.client()
+    client.auth.kubernetes.create_role(
+        "others", ["someone-else"], [k8s.namespace], policies=["default"], mount_point=k8s.mount
+    )
+    with pytest.raises(hvac.exceptions.Forbidden, match="not authorized"):
+        hvac.Client(url=vault.url).auth.kubernetes.login("others", k8s.jwt, mount_point=k8s.mount)

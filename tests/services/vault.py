@@ -25,6 +25,17 @@ from tests.vault_emulator import VaultEmulator
 VAULT_IMAGE = "hashicorp/vault:1.17"
 
 
+@dataclass(frozen=True)
+class KubernetesLogin:
+    """What a pod needs to log in: the auth mount, the role and its service-account JWT."""
+
+    mount: str
+    role: str
+    jwt: str
+    service_account: str
+    namespace: str
+
+
 @dataclass
 class VaultService:
     """A Vault reachable at `url` with the root token `token`."""
@@ -105,6 +116,35 @@ class VaultService:
             "secret_id"
         ]
         return str(role_id), str(secret_id)
+
+    def kubernetes_login(self, role: str, *, token_ttl: str = "1h") -> KubernetesLogin | None:
+        """A kubernetes auth mount with `role` bound to a service account, and its JWT.
+
+        The emulator vouches for a JWT it issues itself. A real Vault verifies the
+        JWT with the cluster's TokenReview API, so it needs a cluster: set
+        ROTATOR_TEST_K8S_HOST, ROTATOR_TEST_K8S_CA (PEM), ROTATOR_TEST_K8S_JWT and
+        ROTATOR_TEST_K8S_SA (`namespace/name`). None when no cluster is configured.
+        """
+        if self.emulated:
+            assert self.emulator is not None
+            host, ca, account = "https://kubernetes.default.svc:443", "", "default/rotator"
+            namespace, name = account.split("/")
+            jwt = self.emulator.service_accounts.issue(name, namespace)
+        else:
+            env = {k: os.environ.get(f"ROTATOR_TEST_K8S_{k}", "") for k in ("HOST", "CA", "JWT")}
+            account = os.environ.get("ROTATOR_TEST_K8S_SA", "")
+            if not all(env.values()) or "/" not in account:
+                return None
+            host, ca, jwt = env["HOST"], env["CA"], env["JWT"]
+            namespace, name = account.split("/", 1)
+        mount = f"k8s-{secrets.token_hex(4)}"
+        client = self.client()
+        client.sys.enable_auth_method("kubernetes", path=mount)
+        client.auth.kubernetes.configure(host, kubernetes_ca_cert=ca or None, mount_point=mount)
+        client.auth.kubernetes.create_role(
+            role, [name], [namespace], ttl=token_ttl, policies=["default"], mount_point=mount
+        )
+        return KubernetesLogin(mount, role, jwt, name, namespace)
 
     def stop(self) -> None:
         if self.emulator is not None:

@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 from tests.vault_emulator.approle import AppRole
+from tests.vault_emulator.kubernetes import Kubernetes, ServiceAccounts
 from tests.vault_emulator.kv import KvV2
 from tests.vault_emulator.server import AuthMethods, SecretEngines, Vault, _Server
 
@@ -35,7 +36,12 @@ class VaultEmulator:
 
     def __init__(self) -> None:
         engines: SecretEngines = {"kv": _kv}
-        auth_methods: AuthMethods = {"approle": _approle}
+        #: The emulated cluster's TokenReview: `issue` a JWT for a service account.
+        self.service_accounts = ServiceAccounts()
+        auth_methods: AuthMethods = {
+            "approle": _approle,
+            "kubernetes": lambda vault, path: Kubernetes(vault.tokens, self.service_accounts, path),
+        }
         self.vault = Vault(engines, auth_methods)
         self.sweepers = [self.vault.tokens.sweep]
         self._server: _Server | None = None

@@ -40,10 +40,9 @@ class TokenSettings:
     token_policies: list[str] = field(default_factory=list)
 
     def update(self, body: dict[str, Any]) -> None:
-        if "token_ttl" in body:
-            self.token_ttl = parse_ttl(body["token_ttl"], "token_ttl")
-        if "token_max_ttl" in body:
-            self.token_max_ttl = parse_ttl(body["token_max_ttl"], "token_max_ttl")
+        for name, old in (("token_ttl", "ttl"), ("token_max_ttl", "max_ttl")):
+            if name in body or old in body:  # the old names are Vault's deprecated aliases
+                setattr(self, name, parse_ttl(body.get(name, body.get(old)), name))
         if "token_policies" in body or "policies" in body:
             self.token_policies = policy_list(body.get("token_policies", body.get("policies")))
 
