@@ -34,8 +34,7 @@ from rotator.credential import Credential
 from rotator.errors import ConfigError, StoreError, TransientError, UnknownSecret
 from rotator.history import Database
 from rotator.schedule import Plan, load_plan
-from rotator.stores import SecretStore, Stage, StoreContext
-from rotator.storeset import StoreSet
+from rotator.stores import SecretStore, Stage, StoreContext, store_class
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -325,34 +324,55 @@ def _store_name(store: SecretStore) -> str:
 
 
 class _PlanStores:
-    """The stores of a Plan, each built on first use; the history database opened only then."""
+    """The stores of a Plan, each built on first use; the history database is opened only
+    for an embedded store (AWS and Vault stores never need it)."""
 
     def __init__(self, plan: Plan, settings: Settings) -> None:
         self.plan = plan
         self.settings = settings
-        self._stores: StoreSet | None = None
+        self._stores: dict[str, SecretStore] = {}
         self._database: Database | None = None
-        self._checked: set[str] = set()
         self._lock = threading.Lock()
 
     def locate(self, name: str) -> tuple[SecretStore, str]:
         spec = self.plan.secret(name)
         with self._lock:
-            if self._stores is None:
+            store = self._stores.get(spec.store)
+            if store is None:
+                store = self._build(spec.store)
+                self._stores[spec.store] = store
+            return store, spec.path
+
+    def _build(self, name: str) -> SecretStore:
+        config = self.plan.stores[name]
+        database: Database = _NoHistoryDatabase(name)
+        if config.type == "embedded":
+            if self._database is None:
                 self._database = _open_database(self.settings)
-                self._stores = StoreSet(
-                    self.plan.stores, StoreContext(self.settings, self._database)
-                )
-            if spec.store not in self._checked:
-                if self.plan.stores[spec.store].type == "embedded":
-                    _check_embedded(spec.store, self.settings, self._stores.context.database)
-                self._checked.add(spec.store)
-            return self._stores.get(spec.store), spec.path
+            database = self._database
+            _check_embedded(name, self.settings, database)
+        context = StoreContext(self.settings, database)
+        return store_class(config.type).from_config(name, config, context)
 
     def close(self) -> None:
         with self._lock:
             if self._database is not None:
                 self._database.dispose()
+
+
+class _NoHistoryDatabase(Database):
+    """Stands in for the history database in the context of a store that does not use it,
+    so an app reading AWS or Vault never opens (or creates) the workers' database."""
+
+    def __init__(self, store: str) -> None:  # deliberately no engine
+        self.url = ""
+        self.is_sqlite = False
+        self._store = store
+
+    @contextmanager
+    def session(self) -> Iterator[Any]:
+        raise ConfigError(f"store {self._store!r} asked the client for the history database")
+        yield  # pragma: no cover
 
 
 def _open_database(settings: Settings) -> Database:

@@ -3,7 +3,9 @@ SCRAM PostgreSQL and the real engine (embedded store on SQLite and on PostgreSQL
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import psycopg
@@ -14,9 +16,11 @@ from structlog.testing import capture_logs
 
 from rotator.client import SecretReader, postgres_auth_failed, postgres_connect_kwargs
 from rotator.client_settings import FromRotator, RotatorSettingsSource
+from rotator.config import Settings
 from rotator.credential import Credential
 from rotator.stores import Stage
 from tests.integration.conftest import PgPlan, PgPlanFactory, leaked
+from tests.services.moto import REGION, MotoServer, unique_secret_name
 
 pytestmark = pytest.mark.integration
 
@@ -155,3 +159,33 @@ def test_settings_source_fills_secretstr_from_rotated_secret(plan: PgPlan) -> No
     assert new == current_password(plan)
     assert plan.pg.logs_in(role, new)
     assert not plan.pg.logs_in(role, first.database_password.get_secret_value())
+
+
+def test_reader_over_aws_never_opens_the_history_database(
+    moto_server: MotoServer, tmp_path: Path
+) -> None:
+    path = unique_secret_name("client")
+    aws = moto_server.client()
+    aws.create_secret(Name=path, SecretString=json.dumps({"username": "app", "password": "one-1"}))
+    schedules = tmp_path / "schedules.yaml"
+    schedules.write_text(
+        "version: 1\n"
+        f"stores: {{aws: {{type: aws-secrets-manager, region: {REGION}, "
+        f"endpoint_url: '{moto_server.endpoint_url}'}}}}\n"
+        "secrets:\n"
+        "  orders-db:\n"
+        "    rotator: postgres-password\n"
+        "    store: aws\n"
+        f"    path: {path}\n"
+        "    every: 30d\n"
+        "    target: {host: db.internal, username: app}\n"
+    )
+    settings = Settings(var_dir=tmp_path / "var", database_url="")
+    with SecretReader.from_schedules(schedules, settings, ttl=3600, jitter=0) as reader:
+        assert reader.get("orders-db") == {"username": "app", "password": "one-1"}
+        aws.put_secret_value(
+            SecretId=path, SecretString=json.dumps({"username": "app", "password": "two-2"})
+        )
+        assert reader.current("orders-db").password == "one-1"
+        assert reader.refresh("orders-db").password == "two-2"
+    assert not (tmp_path / "var").exists()
