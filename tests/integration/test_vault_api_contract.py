@@ -7,14 +7,19 @@ as Vault does for every route and status code rotator depends on.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import hvac
 import hvac.exceptions
+import psycopg
 import pytest
+from psycopg import sql
 
+from tests.services.postgres import PgServer
 from tests.services.vault import KubernetesLogin, VaultService
 
 pytestmark = pytest.mark.integration
@@ -394,3 +399,119 @@ def test_kubernetes_login_for_an_unbound_service_account_is_403(
     )
     with pytest.raises(hvac.exceptions.Forbidden, match="not authorized"):
         hvac.Client(url=vault.url).auth.kubernetes.login("others", k8s.jwt, mount_point=k8s.mount)
+
+
+# The database secrets engine and leases
+
+
+def role_exists(pg: PgServer, username: str) -> bool:
+    with pg.admin() as conn:
+        found = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (username,)).fetchone()
+    return found is not None
+
+
+def valid_until(pg: PgServer, username: str) -> datetime:
+    with pg.admin() as conn:
+        row = conn.execute(
+            "SELECT rolvaliduntil FROM pg_roles WHERE rolname = %s", (username,)
+        ).fetchone()
+    assert row is not None and row[0] is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+def test_database_creds_create_a_role_that_logs_in_with_the_returned_password(
+    vault: VaultService, pg: PgServer
+) -> None:
+    db = vault.configure_database(pg, default_ttl="1h", max_ttl="2h")
+    creds = vault.client().read(db.creds_path)
+    assert creds["lease_id"].startswith(f"{db.creds_path}/")
+    assert creds["renewable"] is True
+    assert creds["lease_duration"] == 3600
+    username, password = creds["data"]["username"], creds["data"]["password"]
+    template = rf"v-root-{re.escape(db.role[:8])}-[A-Za-z0-9]{{20}}-\d{{10}}"
+    assert re.fullmatch(template, username), username
+    assert len(username.encode()) <= 63
+    assert pg.logs_in(username, password)
+    assert not pg.logs_in(username, password + "x")
+    expires = valid_until(pg, username) - datetime.now(UTC)
+    assert timedelta(minutes=55) < expires <= timedelta(hours=1, minutes=1)
+
+
+def test_lease_renew_moves_valid_until_and_is_capped_at_max_ttl(
+    vault: VaultService, pg: PgServer
+) -> None:
+    db = vault.configure_database(pg, default_ttl="1m", max_ttl="10m")
+    client = vault.client()
+    creds = client.read(db.creds_path)
+    username = creds["data"]["username"]
+    before = valid_until(pg, username)
+    renewed = client.sys.renew_lease(creds["lease_id"], increment=300)
+    assert renewed["lease_id"] == creds["lease_id"]
+    assert 290 <= renewed["lease_duration"] <= 300
+    assert valid_until(pg, username) > before + timedelta(minutes=3)
+    capped = client.sys.renew_lease(creds["lease_id"], increment=3600)
+    assert capped["lease_duration"] <= 600
+    assert capped["warnings"]
+    lookup = client.sys.read_lease(creds["lease_id"])["data"]
+    assert lookup["id"] == creds["lease_id"]
+    assert lookup["renewable"] is True
+    assert 0 < lookup["ttl"] <= 600
+
+
+def test_lease_revoke_drops_the_role_and_revoking_twice_succeeds(
+    vault: VaultService, pg: PgServer
+) -> None:
+    db = vault.configure_database(pg)
+    client = vault.client()
+    creds = client.read(db.creds_path)
+    username, password = creds["data"]["username"], creds["data"]["password"]
+    assert pg.logs_in(username, password)
+    client.sys.revoke_lease(creds["lease_id"])
+    assert not role_exists(pg, username)
+    assert not pg.logs_in(username, password)
+    client.sys.revoke_lease(creds["lease_id"])
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        client.sys.read_lease(creds["lease_id"])
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        client.sys.renew_lease(creds["lease_id"])
+
+
+def test_lease_expiry_drops_the_role(vault: VaultService, pg: PgServer) -> None:
+    db = vault.configure_database(pg, default_ttl="2s", max_ttl="3s")
+    creds = vault.client().read(db.creds_path)
+    username, password = creds["data"]["username"], creds["data"]["password"]
+    assert creds["lease_duration"] == 2
+    assert pg.logs_in(username, password)
+    assert wait_until(lambda: not role_exists(pg, username), timeout=15)
+    assert not pg.logs_in(username, password)
+
+
+def test_revoking_the_token_that_read_creds_revokes_its_leases(
+    vault: VaultService, pg: PgServer
+) -> None:
+    db = vault.configure_database(pg)
+    client = vault.client(vault.create_token("1h", "root"))
+    creds = client.read(db.creds_path)
+    username = creds["data"]["username"]
+    assert role_exists(pg, username)
+    client.auth.token.revoke_self()
+    assert wait_until(lambda: not role_exists(pg, username), timeout=15)
+
+
+def test_custom_revocation_statements_run_on_revoke(vault: VaultService, pg: PgServer) -> None:
+    db = vault.configure_database(pg, revocation_statements=('ALTER ROLE "{{name}}" NOLOGIN;',))
+    client = vault.client()
+    creds = client.read(db.creds_path)
+    username, password = creds["data"]["username"], creds["data"]["password"]
+    client.sys.revoke_lease(creds["lease_id"])
+    assert role_exists(pg, username)
+    with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
+        pg.logs_in(username, password)
+    with pg.admin() as conn:
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(username)))
+
+
+def test_creds_for_an_unknown_role_is_400(vault: VaultService, pg: PgServer) -> None:
+    db = vault.configure_database(pg)
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="unknown role"):
+        vault.client().read(f"{db.mount}/creds/no-such-role")

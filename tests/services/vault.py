@@ -20,9 +20,28 @@ import hvac
 import requests
 
 from tests.services.docker import docker_available
+from tests.services.postgres import PgServer
 from tests.vault_emulator import VaultEmulator
 
 VAULT_IMAGE = "hashicorp/vault:1.17"
+
+
+CREATION_STATEMENTS = (
+    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+    'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{{name}}";',
+)
+
+
+@dataclass(frozen=True)
+class DatabaseRole:
+    """A database secrets mount and the role to read `<mount>/creds/<role>` from."""
+
+    mount: str
+    role: str
+
+    @property
+    def creds_path(self) -> str:
+        return f"{self.mount}/creds/{self.role}"
 
 
 @dataclass(frozen=True)
@@ -145,6 +164,54 @@ class VaultService:
             role, [name], [namespace], ttl=token_ttl, policies=["default"], mount_point=mount
         )
         return KubernetesLogin(mount, role, jwt, name, namespace)
+
+    def configure_database(
+        self,
+        pg: PgServer,
+        role: str | None = None,
+        *,
+        default_ttl: str = "1h",
+        max_ttl: str = "24h",
+        creation_statements: tuple[str, ...] = CREATION_STATEMENTS,
+        revocation_statements: tuple[str, ...] = (),
+    ) -> DatabaseRole:
+        """A database mount on `pg` (admin: its superuser) with one role for creds.
+
+        Passwords reach PostgreSQL as SCRAM verifiers (password_authentication).
+        A real Vault must reach the server itself: ROTATOR_TEST_VAULT_PG_HOST
+        names the host it should use (e.g. the Docker host), else `pg.host`.
+        """
+        client = self.client()
+        mount = f"db-{secrets.token_hex(4)}"
+        role = role or f"app-{secrets.token_hex(3)}"
+        host = os.environ.get("ROTATOR_TEST_VAULT_PG_HOST") or pg.host
+        client.sys.enable_secrets_engine("database", path=mount)
+        client.write_data(
+            f"{mount}/config/{pg.dbname}",
+            data={
+                "plugin_name": "postgresql-database-plugin",
+                "connection_url": (
+                    f"postgresql://{{{{username}}}}:{{{{password}}}}@{host}:{pg.port}/{pg.dbname}"
+                    "?sslmode=disable"
+                ),
+                "username": pg.user,
+                "password": pg.password,
+                "allowed_roles": [role],
+                "password_authentication": "scram-sha-256",
+                "verify_connection": True,
+            },
+        )
+        client.write_data(
+            f"{mount}/roles/{role}",
+            data={
+                "db_name": pg.dbname,
+                "creation_statements": list(creation_statements),
+                "revocation_statements": list(revocation_statements),
+                "default_ttl": default_ttl,
+                "max_ttl": max_ttl,
+            },
+        )
+        return DatabaseRole(mount, role)
 
     def stop(self) -> None:
         if self.emulator is not None:

@@ -15,8 +15,10 @@ import threading
 from typing import Any
 
 from tests.vault_emulator.approle import AppRole
+from tests.vault_emulator.database import DatabaseEngine
 from tests.vault_emulator.kubernetes import Kubernetes, ServiceAccounts
 from tests.vault_emulator.kv import KvV2
+from tests.vault_emulator.leases import LeaseManager
 from tests.vault_emulator.server import AuthMethods, SecretEngines, Vault, _Server
 
 #: How often expired tokens and leases are revoked, in seconds.
@@ -35,15 +37,20 @@ class VaultEmulator:
     """The emulated Vault, served from daemon threads on a free loopback port."""
 
     def __init__(self) -> None:
-        engines: SecretEngines = {"kv": _kv}
         #: The emulated cluster's TokenReview: `issue` a JWT for a service account.
         self.service_accounts = ServiceAccounts()
         auth_methods: AuthMethods = {
             "approle": _approle,
             "kubernetes": lambda vault, path: Kubernetes(vault.tokens, self.service_accounts, path),
         }
+        engines: SecretEngines = {
+            "kv": _kv,
+            "database": lambda vault, path: DatabaseEngine(self.leases, path),
+        }
         self.vault = Vault(engines, auth_methods)
-        self.sweepers = [self.vault.tokens.sweep]
+        self.leases = LeaseManager(self.vault.tokens)
+        self.vault.system_routes["leases"] = self.leases.handle
+        self.sweepers = [self.vault.tokens.sweep, self.leases.sweep]
         self._server: _Server | None = None
         self._stop = threading.Event()
 

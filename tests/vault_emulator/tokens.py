@@ -115,7 +115,9 @@ class TokenStore:
         self._lock = threading.RLock()
         self._tokens: dict[str, Token] = {}
         self.revoke_listeners: list[Callable[[str], None]] = []
-        self.root = self.issue(["root"], ttl=0, path="auth/token/root", parent=None)
+        self.root = self.issue(
+            ["root"], ttl=0, path="auth/token/root", parent=None, display_name="root"
+        )
 
     def issue(
         self,
