@@ -17,6 +17,7 @@ import hvac
 import hvac.exceptions
 import psycopg
 import pytest
+import requests
 from psycopg import sql
 
 from tests.services.postgres import PgServer
@@ -515,3 +516,29 @@ def test_creds_for_an_unknown_role_is_400(vault: VaultService, pg: PgServer) -> 
     db = vault.configure_database(pg)
     with pytest.raises(hvac.exceptions.InvalidRequest, match="unknown role"):
         vault.client().read(f"{db.mount}/creds/no-such-role")
+
+
+def test_list_works_as_the_list_method_and_as_get_with_list_true(
+    vault: VaultService, kv_mount: str
+) -> None:
+    vault.client().secrets.kv.v2.create_or_update_secret("dir/one", {"v": 1}, mount_point=kv_mount)
+    headers = {"X-Vault-Token": vault.token}
+    url = f"{vault.url}/v1/{kv_mount}/metadata/dir"
+    by_method = requests.request("LIST", url, headers=headers, timeout=10)
+    by_query = requests.get(url, params={"list": "true"}, headers=headers, timeout=10)
+    assert by_method.status_code == by_query.status_code == 200
+    assert by_method.json()["data"]["keys"] == by_query.json()["data"]["keys"] == ["one"]
+
+
+def test_approle_secret_id_expires_after_its_ttl(vault: VaultService) -> None:
+    role_id, secret_id = vault.enable_approle(secret_id_ttl="1s")
+    client = hvac.Client(url=vault.url)
+
+    def refused() -> bool:
+        try:
+            client.auth.approle.login(role_id=role_id, secret_id=secret_id)
+        except hvac.exceptions.InvalidRequest:
+            return True
+        return False
+
+    assert wait_until(refused, timeout=10)

@@ -124,7 +124,10 @@ class KvV2:
         secret = self.secrets.get(path)
         if secret is None or not secret.versions:
             raise not_found()
-        number = int(req.query.get("version") or 0) or secret.current_version
+        wanted = req.query.get("version") or "0"
+        if not wanted.isdigit():
+            raise ApiError(400, f"invalid version {wanted!r}: expected a whole number")
+        number = int(wanted) or secret.current_version
         version = secret.versions.get(number)
         if version is None:
             raise not_found()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from tests.vault_emulator.api import NO_CONTENT, ApiError, Reply, Request, envelope
 from tests.vault_emulator.kv import KvV2
@@ -225,7 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(400, f"failed to parse JSON input: {exc}") from exc
             req = Request(
                 method,
-                url.path[len("/v1/") :].rstrip("/") or "",
+                unquote(url.path[len("/v1/") :]).rstrip("/"),
                 query,
                 body if isinstance(body, dict) else {},
                 self.headers.get("X-Vault-Namespace", ""),
