@@ -39,7 +39,7 @@ for _noisy in ("boto3", "botocore", "urllib3", "s3transfer"):
 
 #: Standard retry mode (throttling, 5xx, connection errors) and bounded waits per attempt.
 CLIENT_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 3},
+    retries={"mode": "standard", "total_max_attempts": 3},
     connect_timeout=5,
     read_timeout=15,
 )
