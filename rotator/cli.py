@@ -7,6 +7,7 @@ secret value, because the user asked for it.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,11 +21,12 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from rotator import cli_render
+from rotator import cli_render, cli_rotate
 from rotator.config import Settings, load_settings
 from rotator.credential import Credential
 from rotator.errors import ConfigError, RotationInProgress, RotatorError
 from rotator.logging import configure_logging
+from rotator.results import RunResult
 from rotator.runtime import Runtime, build_runtime, open_database
 from rotator.schedule import load_plan
 from rotator.stores import Stage
@@ -148,33 +150,107 @@ def _show_status(
 
 @app.command()
 def rotate(
-    names: Annotated[list[str], typer.Argument(help="Secrets to rotate.")],
+    names: Annotated[list[str] | None, typer.Argument(help="Secrets to rotate.")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every secret in the file.")] = False,
+    overdue: Annotated[
+        bool, typer.Option("--overdue", help="The secrets whose slot has come, as beat sees it.")
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the runs and show each outcome.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds --wait waits at most.", min=1)
+    ] = 600.0,
     inline: Annotated[
-        bool,
-        typer.Option("--inline", help="Run the engine in this process (required for now)."),
+        bool, typer.Option("--inline", help="Run the engine in this process, not in a worker.")
     ] = False,
     schedules: SchedulesOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Rotate secrets now and show the outcome of each; exit 1 unless every one succeeded."""
+    """Queue rotations for a worker (--wait: follow them); exit 1 unless every one succeeded."""
     with _runtime(schedules) as runtime:
-        for name in names:
-            runtime.plan.secret(name)
-        if not inline:
-            raise ConfigError(
-                "queueing rotations for a worker is not available in this version; "
-                "add --inline to rotate in this process"
-            )
-        results = []
-        for name in names:
-            with err.status(f"rotating {escape(name)} ..."):
-                results.append(runtime.engine.try_run(name, trigger="manual"))
-        if as_json:
-            out.print_json(data=[r.as_dict() for r in results])
-        else:
-            out.print(cli_render.results_table(results))
-        if not all(r.outcome == "succeeded" for r in results):
-            raise typer.Exit(EXIT_FAILED)
+        targets = cli_rotate.choose(runtime, names or [], every, overdue)
+        if not targets:
+            err.print("nothing to rotate: no secret is due now", highlight=False)
+            return
+        if inline:
+            _rotate_inline(runtime, [name for name, _ in targets], as_json)
+            return
+        with cli_rotate.client(runtime.settings) as celery:
+            queued = cli_rotate.send(celery, targets)
+            if not wait:
+                _print_queued(queued, as_json)
+                return
+            for run in queued:
+                _progress(f"{run.secret} {run.run_id[:8]}: queued as run {run.run_id}")
+            try:
+                results = cli_rotate.wait(celery, runtime, queued, timeout, _progress)
+            except KeyboardInterrupt:
+                err.print("stopped waiting; the queued runs go on (see `rotator history`)")
+                raise typer.Exit(130) from None
+        _print_results(results, as_json)
+
+
+def _progress(line: str) -> None:
+    err.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def _print_queued(queued: list[cli_rotate.Queued], as_json: bool) -> None:
+    if as_json:
+        out.print_json(data=[run.as_dict() for run in queued])
+        return
+    for run in queued:
+        out.print(f"queued {run.secret} as run {run.run_id}", highlight=False, markup=False)
+
+
+def _print_results(results: list[RunResult], as_json: bool) -> None:
+    if as_json:
+        out.print_json(data=[r.as_dict() for r in results])
+    else:
+        out.print(cli_render.results_table(results))
+    if not all(r.outcome == "succeeded" for r in results):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _rotate_inline(runtime: Runtime, names: list[str], as_json: bool) -> None:
+    results = []
+    for name in names:
+        with err.status(f"rotating {escape(name)} ..."):
+            results.append(runtime.engine.try_run(name, trigger="manual"))
+    _print_results(results, as_json)
+
+
+@app.command()
+def run(
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", help="Worker processes.", min=1, max=64)
+    ] = 2,
+    loglevel: Annotated[
+        str, typer.Option("--loglevel", "-l", help="debug, info, warning or error.")
+    ] = "info",
+    max_interval: Annotated[
+        float, typer.Option("--max-interval", help="Longest beat sleep (seconds).", min=0.1)
+    ] = 5.0,
+    schedules: SchedulesOption = None,
+) -> None:
+    """A worker with beat inside it, for one host; SIGTERM or Ctrl-C stops it warmly."""
+    from rotator.single_node import run_worker_and_beat
+
+    if loglevel.lower() not in ("debug", "info", "warning", "error"):
+        with user_errors():
+            raise ConfigError(f"--loglevel {loglevel!r}: expected debug, info, warning or error")
+    with user_errors():
+        settings = _settings(schedules)
+        plan = load_plan(settings.schedules)  # a bad file is refused before anything starts
+        if schedules or State.schedules:  # worker and beat processes read the environment
+            os.environ["ROTATOR_SCHEDULES"] = str(settings.schedules)
+        err.print(
+            f"rotator run: {len(plan.secrets)} secrets from {escape(str(plan.source))}; "
+            "Ctrl-C or SIGTERM stops after the running rotations finish",
+            highlight=False,
+        )
+        code = run_worker_and_beat(settings, concurrency, loglevel.upper(), max_interval)
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -9,10 +9,10 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from rotator.due import next_due
 from rotator.history import Run, utcnow
 from rotator.results import RunResult
 from rotator.runtime import Runtime
+from rotator.slots import Slot
 
 _OUTCOME_STYLE = {
     "succeeded": "green",
@@ -39,14 +39,14 @@ def _outcome(value: str | None) -> str:
 
 
 def status_rows(runtime: Runtime) -> list[dict[str, Any]]:
-    """One row per secret: schedule, last outcome, next due time, run in progress."""
+    """One row per secret: schedule, last outcome, next slot (as beat computes it), run now."""
     now = utcnow()
+    slots, busy = beat_view(runtime, now)
     rows = []
     for name, spec in runtime.plan.secrets.items():
         last = runtime.history.last_run(name)
         success = runtime.history.last_success(name)
-        lease = runtime.leases.holder(name)
-        due = next_due(spec, success.finished_at if success else None, now)
+        slot = slots[name]
         rows.append(
             {
                 "secret": name,
@@ -57,13 +57,33 @@ def status_rows(runtime: Runtime) -> list[dict[str, Any]]:
                 "last_outcome": last.status if last else None,
                 "last_run_at": _iso(last.started_at) if last else None,
                 "last_success_at": _iso(success.finished_at) if success else None,
-                "next_due": _iso(due),
-                "overdue": due <= now,
-                "in_progress": lease is not None,
+                "next_due": _iso(slot.due_at),
+                "starts_at": _iso(slot.start_at),
+                "reason": slot.reason,
+                "slot": slot.slot,
+                "overdue": slot.due_at <= now,
+                "in_progress": name in busy or runtime.leases.holder(name) is not None,
                 "error": last.error if last and last.status in ("failed", "rolled_back") else None,
             }
         )
     return rows
+
+
+def beat_view(runtime: Runtime, now: datetime) -> tuple[dict[str, Slot], set[str]]:
+    """Every secret's next slot and the secrets a live run holds, computed as beat does.
+
+    The same bulk history read and the same `slots.next_slot` as `YamlScheduler`; a
+    cron secret never rotated is anchored at `now`, as at beat's first look.
+    """
+    from rotator.beat import load_states
+    from rotator.slots import SecretState, next_slot
+
+    states, busy = load_states(runtime.database, {})
+    slots = {
+        name: next_slot(spec, states.get(name) or SecretState(first_seen=now), now)
+        for name, spec in runtime.plan.secrets.items()
+    }
+    return slots, busy
 
 
 def _parse(value: str | None) -> datetime | None:
@@ -71,20 +91,30 @@ def _parse(value: str | None) -> datetime | None:
 
 
 def plan_table(rows: Sequence[dict[str, Any]]) -> Table:
-    table = Table(title="rotation plan")
-    for column in ("secret", "rotator", "store", "path", "schedule", "next due"):
+    table = Table(title="rotation plan (next slot, as beat sends it)")
+    table.add_column("secret", min_width=8, overflow="fold")
+    for column in ("store", "schedule"):
         table.add_column(column)
+    for column in ("next due", "starts"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("reason", overflow="fold")
     for row in rows:
         due = _when(_parse(row["next_due"]))
+        starts = _when(_parse(row["starts_at"]))
         table.add_row(
             escape(row["secret"]),
-            escape(row["rotator"]),
             escape(row["store"]),
-            escape(row["path"]),
             escape(row["schedule"]),
-            f"[bold red]{due} (overdue)[/]" if row["overdue"] else due,
+            f"[bold red]{due}[/]" if row["overdue"] else due,
+            "-" if starts == due else starts,
+            "[blue]running[/]" if row["in_progress"] else _reason(row),
         )
     return table
+
+
+def _reason(row: dict[str, Any]) -> str:
+    reason = escape(row["reason"])
+    return f"[bold red]{reason}, overdue[/]" if row["overdue"] else reason
 
 
 def status_table(rows: Sequence[dict[str, Any]]) -> Table:

@@ -85,10 +85,10 @@ def test_put_refuses_a_value_without_a_password(cli: Cli, value: str) -> None:
     assert "password" in one_clean_line(result.stderr)
 
 
-def test_rotate_without_inline_says_how_to_run_it(cli: Cli) -> None:
-    result = cli("rotate", "app-db")
+def test_rotate_without_names_says_what_to_give(cli: Cli) -> None:
+    result = cli("rotate")
     assert result.returncode == 2
-    assert "--inline" in one_clean_line(result.stderr)
+    assert "--all" in one_clean_line(result.stderr)
 
 
 def test_a_rotation_already_in_progress_is_reported_and_exits_1(cli: Cli, tmp_path: Path) -> None:
