@@ -93,7 +93,10 @@ def _rotate_once(
         if holder is not None and holder.run_id == run_id:
             # An earlier delivery of this very run (a killed worker) still holds the lease:
             # wait for it to expire, then resume the run, instead of dropping the trigger.
-            raise _Retry("this run's earlier attempt still holds the lease") from None
+            raise _Retry(
+                "this run's earlier attempt still holds the lease",
+                countdown=runtime.settings.lease_ttl_seconds / 2,
+            ) from None
         runtime.history.record_skipped(run_id, name, trigger, slot, "in progress")
         bound.info("rotate.skipped", reason="in progress")
         return _outcome(run_id, name, "skipped", f"in progress: {exc}")
@@ -121,15 +124,7 @@ def _rotate_task(
     except ConfigError as exc:  # UnknownSecret included: the user's to fix, never retried
         result = _outcome(run_id, name, "error", scrub(str(exc)))
     except (TransientError, OperationalError, _Retry) as exc:
-        reason = scrub(str(exc)) if isinstance(exc, TransientError | _Retry) else "database"
-        if self.request.retries >= settings.task_max_retries:
-            result = _outcome(run_id, name, "failed", f"gave up after retries: {reason}")
-        else:
-            countdown = _backoff(self.request.retries, settings.task_retry_backoff_max_seconds)
-            if isinstance(exc, _Retry) and "lease" in str(exc):
-                countdown = max(countdown, settings.lease_ttl_seconds / 2)
-            bound.warning("rotate.retrying", countdown=countdown, error=reason)
-            raise self.retry(countdown=countdown, max_retries=None) from None
+        result = _retry_or_give_up(self, exc, run_id, name, bound)
     except SoftTimeLimitExceeded:
         result = _outcome(
             run_id,
@@ -146,6 +141,25 @@ def _rotate_task(
 
 
 rotate: Task[Any, Any] = app.task(name="rotator.rotate", bind=True, max_retries=None)(_rotate_task)
+
+
+def _retry_or_give_up(
+    task: Task[Any, Any], exc: Exception, run_id: str, name: str, bound: Any
+) -> dict[str, Any]:
+    """Retry a transient failure with backoff (the engine resumes the run), or give up."""
+    settings = worker_runtime.settings()
+    if isinstance(exc, OperationalError):
+        reason = "the history database is unreachable"
+    else:
+        reason = scrub(str(exc))
+    if task.request.retries >= settings.task_max_retries:
+        bound.error("rotate.gave_up", error=reason)
+        return _outcome(run_id, name, "failed", f"gave up after retries: {reason}")
+    countdown = _backoff(task.request.retries, settings.task_retry_backoff_max_seconds)
+    if isinstance(exc, _Retry) and exc.countdown is not None:
+        countdown = max(countdown, exc.countdown)
+    bound.warning("rotate.retrying", countdown=countdown, error=reason)
+    raise task.retry(countdown=countdown, max_retries=None) from None
 
 
 def _backoff(retries: int, maximum: float) -> float:

@@ -134,3 +134,31 @@ def test_default_filesystem_broker_needs_no_redis(pg_plan: PgPlanFactory, tmp_pa
     assert result["outcome"] == "succeeded", result
     assert_rotated_once(plan, result, before.version_id)
     assert (plan.runtime.settings.var_dir / "broker" / "queue").is_dir()
+
+
+def test_transient_failure_retries_and_finishes_the_same_run(
+    pg_plan: PgPlanFactory, fresh_redis_url: str, tcp_proxy: Any, tmp_path: Path
+) -> None:
+    """The target is unreachable, then back: the task retries with backoff under its run id."""
+    proxy = tcp_proxy().start()
+    through_proxy = {"port": proxy.port}
+    plan = adopted_plan(pg_plan, targets={"db-0": through_proxy, "pg-admin": through_proxy})
+    env = rotator_env(
+        plan.runtime.settings,
+        fresh_redis_url,
+        ROTATOR_TASK_MAX_RETRIES="100",
+        ROTATOR_TASK_RETRY_BACKOFF_MAX_SECONDS="1",
+    )
+    before = plan.store.read("db-0", Stage.CURRENT)
+    assert before is not None
+    proxy.stop()
+    with running_worker(env, tmp_path) as worker, client_app(env) as app:
+        task_id = app.send_task("rotator.rotate", args=["db-0"]).id
+        worker.wait_for_log('"event": "rotate.retrying"')
+        proxy.start()
+        result = wait_result(app, task_id)
+    assert result["outcome"] == "succeeded", result
+    assert result["run_id"] == task_id
+    assert_rotated_once(plan, result, before.version_id)
+    rotations = [r for r in plan.runtime.history.runs("db-0") if r.trigger != "adopt"]
+    assert [(r.id, r.status) for r in rotations] == [(task_id, "succeeded")]
