@@ -201,7 +201,7 @@ def test_mounting_twice_is_refused(vault: VaultService, kv_mount: str) -> None:
         vault.client().sys.enable_secrets_engine("kv", path=kv_mount, options={"version": "2"})
 
 
-# Tokens
+# Tokens and policies
 
 
 @pytest.mark.parametrize("token", ["", "hvs.not-a-token"])
@@ -213,6 +213,37 @@ def test_missing_or_unknown_token_is_403_permission_denied(
         client.secrets.kv.v2.read_secret_version(
             path(), mount_point=kv_mount, raise_on_deleted_version=True
         )
+
+
+def test_policies_grant_exactly_their_paths_and_deny_wins(
+    vault: VaultService, kv_mount: str
+) -> None:
+    name = f"reader-{secrets.token_hex(3)}"
+    vault.write_policy(
+        name,
+        f'''
+        path "{kv_mount}/data/apps/*" {{ capabilities = ["read"] }}
+        path "{kv_mount}/data/apps/hidden" {{ capabilities = ["deny"] }}
+        path "{kv_mount}/data/own/+/secret" {{ capabilities = ["create"] }}
+        ''',
+    )
+    root_kv = vault.client().secrets.kv.v2
+    for where in ("apps/db", "apps/hidden", "other/db", "own/x/secret"):
+        root_kv.create_or_update_secret(where, {"v": 1}, mount_point=kv_mount)
+    kv = vault.client(vault.create_token("1h", name)).secrets.kv.v2
+
+    def read(where: str) -> object:
+        return kv.read_secret_version(where, mount_point=kv_mount, raise_on_deleted_version=True)
+
+    assert read("apps/db")["data"]["data"] == {"v": 1}  # type: ignore[index]
+    for denied in ("apps/hidden", "other/db"):
+        with pytest.raises(hvac.exceptions.Forbidden):
+            read(denied)
+    with pytest.raises(hvac.exceptions.Forbidden):  # read only: no update
+        kv.create_or_update_secret("apps/db", {"v": 2}, mount_point=kv_mount)
+    with pytest.raises(hvac.exceptions.Forbidden):  # create only: the secret exists
+        kv.create_or_update_secret("own/x/secret", {"v": 2}, mount_point=kv_mount)
+    kv.create_or_update_secret("own/y/secret", {"v": 1}, mount_point=kv_mount)
 
 
 def test_unknown_route_is_404(vault: VaultService) -> None:
@@ -268,7 +299,8 @@ def test_revoke_self_makes_the_token_unusable(vault: VaultService) -> None:
 
 
 def test_revoking_a_parent_revokes_its_children(vault: VaultService) -> None:
-    parent = vault.client(vault.create_token("1h", "default"))
+    vault.write_policy("token-creator", 'path "auth/token/create" { capabilities = ["update"] }')
+    parent = vault.client(vault.create_token("1h", "token-creator"))
     child = parent.auth.token.create(policies=["default"], ttl="1h")["auth"]["client_token"]
     parent.auth.token.revoke_self()
     with pytest.raises(hvac.exceptions.Forbidden):

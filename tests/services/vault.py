@@ -102,7 +102,7 @@ class VaultService:
         return str(auth["client_token"])
 
     def write_policy(self, name: str, rules: str) -> None:
-        """An ACL policy (HCL). The emulator stores it but does not enforce ACLs."""
+        """An ACL policy (HCL), enforced by Vault and the emulator alike."""
         self.client().sys.create_or_update_acl_policy(name=name, policy=rules)
 
     def enable_approle(

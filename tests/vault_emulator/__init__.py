@@ -4,6 +4,9 @@ It answers with Vault's documented JSON shapes and status codes so the same
 tests run unchanged against it and against a real Vault (see
 tests/services/vault.py, which picks one). It is never product code.
 
+ACL policies are enforced (acl.py). Not emulated: response wrapping, KV
+version 1, identity, and sudo (paths that need it in Vault do not here).
+
     emulator = VaultEmulator().start()
     hvac.Client(emulator.url, token=emulator.root_token)
     emulator.stop()

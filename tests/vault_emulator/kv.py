@@ -105,6 +105,13 @@ class KvV2:
         with self._lock:
             return handler(self, req, path.strip("/"))
 
+    def exists(self, rest: str) -> bool | None:
+        """Whether a write would update (True) or create (False), for the ACL check."""
+        action, _, path = rest.partition("/")
+        if action in ("data", "metadata"):
+            return path.strip("/") in self.secrets
+        return None
+
     def _config(self, req: Request) -> Reply:
         if req.method == "GET":
             return envelope(dict(self.config))

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from tests.vault_emulator.acl import DEFAULT_POLICY, Acl, needed
 from tests.vault_emulator.api import NO_CONTENT, ApiError, Reply, Request, envelope
 from tests.vault_emulator.kv import KvV2
 from tests.vault_emulator.tokens import TokenBackend, TokenStore
@@ -103,16 +104,32 @@ class Vault:
         req.token = self.tokens.get(token_id)
         if req.token is None:
             raise ApiError(403, "permission denied")
-        if req.path.startswith("sys/"):
-            return self._system(ns, req)
+        found = None
         if req.path.startswith("auth/"):
             found = ns.resolve(ns.auth, req.path[len("auth/") :])
-        else:
+        elif not req.path.startswith("sys/"):
             found = ns.resolve(ns.mounts, req.path)
+        self._authorize(req, found)
+        if req.path.startswith("sys/"):
+            return self._system(ns, req)
         if found is None:
             raise ApiError(404, f'no handler for route "{req.path}". route entry not found.')
         mount, rest = found
         return mount.backend.handle(req, rest)  # type: ignore[no-any-return]
+
+    def _authorize(self, req: Request, found: tuple[Mount, str] | None) -> None:
+        """403 unless the token's policies grant the capability the call needs."""
+        policies: list[str] = req.token.policies
+        if "root" in policies:
+            return
+        exists = None
+        if found is not None and hasattr(found[0].backend, "exists"):
+            exists = found[0].backend.exists(found[1])
+        texts = [self.policies.get(name, "") for name in policies if name != "default"]
+        if "default" in policies:
+            texts.append(DEFAULT_POLICY)
+        if not Acl(texts).allows(req.path, needed(req.method, exists)):
+            raise ApiError(403, "permission denied")
 
     def _login_route(self, ns: Namespace, req: Request) -> Reply | None:
         if not req.path.startswith("auth/"):
@@ -134,7 +151,7 @@ class Vault:
         return route(req, rest)
 
     def _policies(self, req: Request, rest: str) -> Reply:
-        """`sys/policies/acl/<name>`: stored and listed, never enforced (see the package doc)."""
+        """`sys/policies/acl/<name>`: the policies tokens name (see acl.py)."""
         kind, _, name = rest.partition("/")
         if kind != "acl":
             raise ApiError(404, f'no handler for route "{req.path}". route entry not found.')
