@@ -94,6 +94,7 @@ def client(settings: Settings) -> Iterator[Celery]:
 
 def send(app: Celery, targets: Sequence[tuple[str, str | None]]) -> list[Queued]:
     """Queue one `rotator.rotate(name, trigger="manual", slot)` per target, names only."""
+    _check_broker(app)
     queued: list[Queued] = []
     for name, slot in targets:
         run_id = str(uuid.uuid4())
@@ -107,22 +108,32 @@ def send(app: Celery, targets: Sequence[tuple[str, str | None]]) -> list[Queued]
                 retry_policy=_RETRY_POLICY,
             )
         except (KombuOperationalError, OSError) as exc:
-            raise _unreachable(app, exc, queued) from None
-        except Exception as exc:  # redis-py's ConnectionError is not an OSError
-            if "connect" not in type(exc).__name__.lower():
-                raise
-            raise _unreachable(app, exc, queued) from None
+            raise _unreachable("broker", app.conf.broker_url, exc, queued) from None
+        except RuntimeError as exc:  # Celery's Redis result consumer gave up reconnecting
+            raise _unreachable("result backend", app.conf.result_backend, exc, queued) from None
         queued.append(Queued(name, run_id, slot))
     return queued
 
 
-def _unreachable(app: Celery, exc: BaseException, queued: list[Queued]) -> TransientError:
-    broker = maybe_sanitize_url(str(app.conf.broker_url))
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _check_broker(app: Celery) -> None:
+    """One short connection attempt first: an unreachable broker is one line in seconds."""
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0.2, timeout=5)
+    except (KombuOperationalError, OSError) as exc:
+        raise _unreachable("broker", app.conf.broker_url, exc, []) from None
+
+
+def _unreachable(
+    what: str, url: object, exc: BaseException, queued: list[Queued]
+) -> TransientError:
+    where = maybe_sanitize_url(str(url))
+    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
     done = f"; {len(queued)} run(s) were queued before it failed" if queued else ""
+    variable = "ROTATOR_BROKER_URL" if what == "broker" else "ROTATOR_RESULT_BACKEND"
     return TransientError(
-        f"broker {broker} unreachable ({reason}){done}: start it, or point "
-        "ROTATOR_BROKER_URL at a running broker (or use --inline to rotate in this process)"
+        f"{what} {where} unreachable ({reason or type(exc).__name__}){done}: start it, or "
+        f"point {variable} at a running server (or use --inline to rotate in this process)"
     )
 
 

@@ -1,0 +1,132 @@
+"""`rotator rotate` through Celery: a real CLI process, a real worker, Redis, SCRAM PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from rotator.credential import Credential
+from rotator.devservers import free_port
+from rotator.stores import Stage
+from tests.integration.conftest import PgPlan, PgPlanFactory, leaked
+from tests.services.celery_procs import rotator_env, running_worker, worker_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def history_url(tmp_path: Path) -> str:
+    """The CLI, the worker and the test share one SQLite history file, as on one host."""
+    return f"sqlite:///{tmp_path / 'history.db'}"
+
+
+def rotator(
+    env: Mapping[str, str], cwd: Path, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rotator.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**worker_env(env), "COLUMNS": "200"},
+        cwd=cwd,
+    )
+
+
+def queued_files(plan: PgPlan) -> list[Path]:
+    """Messages waiting in the default filesystem broker's queue folder."""
+    folder = plan.runtime.settings.var_dir / "broker" / "queue"
+    return sorted(folder.glob("*")) if folder.exists() else []
+
+
+def no_values(outputs: list[str], plan: PgPlan, *more: str) -> None:
+    known = [*plan.initial.values(), *more]
+    assert leaked(outputs, known) == []
+
+
+def test_rotate_wait_through_a_worker_prints_steps_and_the_outcome(
+    pg_plan: PgPlanFactory, fresh_redis_url: str, tmp_path: Path
+) -> None:
+    """The run is queued by name, a worker rotates it, --wait shows each step; exit 0."""
+    plan = pg_plan()
+    plan.runtime.engine.adopt("db-0", Credential(password=plan.initial[plan.roles["db-0"]]))
+    env = rotator_env(plan.runtime.settings, fresh_redis_url)
+    with running_worker(env, tmp_path, concurrency=1) as worker:
+        done = rotator(env, tmp_path, "rotate", "db-0", "--wait", "--timeout", "90")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "succeeded" in done.stdout
+    for step in ("queued", "create ok", "apply ok", "test ok", "finish ok", "succeeded"):
+        assert step in done.stderr, done.stderr
+    current = plan.store.read("db-0", Stage.CURRENT)
+    assert current is not None
+    password = str(current.credential.get("password"))
+    assert plan.logs_in("db-0", password)
+    assert not plan.logs_in("db-0", plan.initial[plan.roles["db-0"]])
+    run_id = done.stderr.split("queued as run ", 1)[1].split()[0]
+    run = plan.runtime.history.get_run(run_id)
+    assert run is not None and (run.status, run.trigger) == ("succeeded", "manual")
+    no_values([done.stdout, done.stderr, worker.log()], plan, password)
+
+
+def test_all_and_overdue_choose_their_secrets(pg_plan: PgPlanFactory, tmp_path: Path) -> None:
+    """--all queues every secret; --overdue only those beat would send now (never rotated)."""
+    plan = pg_plan({"db-0": "ignored_a", "db-1": "ignored_b"})
+    plan.runtime.engine.adopt("db-0", Credential(password=plan.initial[plan.roles["db-0"]]))
+    env = rotator_env(plan.runtime.settings, None)
+
+    overdue = rotator(env, tmp_path, "rotate", "--overdue", "--json")
+    assert overdue.returncode == 0, overdue.stderr
+    queued = json.loads(overdue.stdout)
+    assert [(q["secret"], q["slot"]) for q in queued] == [("db-1", "first")]
+    assert len(queued_files(plan)) == 1
+
+    every = rotator(env, tmp_path, "rotate", "--all", "--json")
+    assert every.returncode == 0, every.stderr
+    names = sorted(q["secret"] for q in json.loads(every.stdout))
+    assert names == ["db-0", "db-1", "pg-admin"]
+    assert all(q["slot"] is None for q in json.loads(every.stdout))
+    assert len(queued_files(plan)) == 4
+    no_values([overdue.stdout, overdue.stderr, every.stdout, every.stderr], plan)
+
+
+def test_unknown_name_is_exit_2_and_nothing_is_queued(
+    pg_plan: PgPlanFactory, tmp_path: Path
+) -> None:
+    plan = pg_plan()
+    env = rotator_env(plan.runtime.settings, None)
+    done = rotator(env, tmp_path, "rotate", "db-0", "no-such-secret", "--wait")
+    assert done.returncode == 2
+    assert "no-such-secret" in done.stderr and "Traceback" not in done.stderr
+    assert queued_files(plan) == []
+    assert plan.runtime.history.runs("db-0") == []
+
+
+def test_unreachable_broker_is_one_line_and_exit_1(pg_plan: PgPlanFactory, tmp_path: Path) -> None:
+    plan = pg_plan()
+    broker = f"redis://:broker-pass-42@127.0.0.1:{free_port()}/0"
+    env = rotator_env(plan.runtime.settings, broker)
+    done = rotator(env, tmp_path, "rotate", "db-0", "--wait")
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: broker"), done.stderr
+    assert "ROTATOR_BROKER_URL" in lines[0]
+    assert "broker-pass-42" not in done.stderr + done.stdout
+
+
+def test_wait_without_a_worker_says_none_picked_the_run_up(
+    pg_plan: PgPlanFactory, tmp_path: Path
+) -> None:
+    """Default filesystem broker, no worker: --wait names the way out and exits 1 at --timeout."""
+    plan = pg_plan()
+    env = rotator_env(plan.runtime.settings, None)
+    done = rotator(env, tmp_path, "rotate", "db-0", "--wait", "--timeout", "8")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "no worker has picked the run up yet" in done.stderr
+    assert "rotator run" in done.stderr and "Traceback" not in done.stderr
+    assert "no outcome within 8 s" in done.stdout
+    assert len(queued_files(plan)) == 1
