@@ -69,6 +69,8 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
         self._busy: set[str] = set()
         self._sent: dict[str, str] = {}
         self._first_seen: dict[str, datetime] = {}
+        #: The history state each slot was computed from, reused while both stand.
+        self._known: dict[str, tuple[SecretState, Slot]] = {}
         self._due: list[tuple[float, str, str]] = []
         self._next_refresh = 0.0
         self._entries: dict[str, ScheduleEntry] | None = None
@@ -171,14 +173,23 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
         now = datetime.now(UTC)
         self._busy = busy & plan.secrets.keys()
         slots: dict[str, Slot] = {}
+        known = self._known
+        self._known = {}
         for name, spec in plan.secrets.items():
+            if name not in states and name not in self._first_seen:
+                self._first_seen[name] = now
             state = states.get(name) or SecretState(first_seen=self._first_seen.get(name))
-            if state.last_success is None:
-                self._first_seen.setdefault(name, now)
-            try:
-                slots[name] = next_slot(spec, state, now)
-            except Exception as exc:  # one bad entry must not stop the others
-                log.error("beat.entry_failed", secret=name, error=f"{type(exc).__name__}: {exc}")
+            cached = known.get(name)
+            if cached is not None and cached[0] == state and cached[1].start_at > now:
+                slots[name] = cached[1]  # same history, not yet due: the same slot
+            else:
+                try:
+                    slots[name] = next_slot(spec, state, now)
+                except Exception as exc:  # one bad entry must not stop the others
+                    error = f"{type(exc).__name__}: {exc}"
+                    log.error("beat.entry_failed", secret=name, error=error)
+                    continue
+            self._known[name] = (state, slots[name])
         self._slots = slots
         # Sent slots and held secrets wait for the next refresh, not for every tick.
         self._due = [
@@ -270,6 +281,7 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
         )
         self._plan = plan
         self._entries = None
+        self._known = {n: k for n, k in self._known.items() if n in unchanged}
         self._next_refresh = 0.0  # recompute slots at the next tick
 
     def _entry(self, spec: SecretSpec) -> ScheduleEntry:
