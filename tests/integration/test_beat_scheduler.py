@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 from rotator.beat import YamlScheduler
 from rotator.devservers import free_port
 from rotator.history import Database, History, Run, utcnow
+from rotator.leader import REDIS_KEY, LeaseLeadership, RedisLeadership, leadership_for
 from rotator.slots import task_id
 from tests.conftest import SchedulesWriter
 from tests.integration.conftest import set_lease
@@ -242,3 +243,44 @@ def test_a_history_outage_is_logged_and_beat_keeps_ticking(
     outages = [e for e in logs if e["event"] == "beat.history_unavailable"]
     assert len(outages) >= 2 and "history database" in outages[0]["error"]
     assert sent(fresh_redis_url) == []
+
+
+def test_a_lazy_scheduler_does_no_io(
+    fresh_redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`celery beat --detach` and `inspect` build lazy instances: nothing may be opened."""
+    monkeypatch.setenv("ROTATOR_SCHEDULES", str(tmp_path / "absent.yaml"))
+    monkeypatch.setenv("ROTATOR_DATABASE_URL", f"sqlite:///{tmp_path / 'never' / 'h.db'}")
+    app = Celery("lazy", set_as_current=False)
+    app.conf.update(broker_url=fresh_redis_url)
+    scheduler = YamlScheduler(app=app, lazy=True)
+    assert scheduler.schedule == {}
+    assert not (tmp_path / "never").exists()
+    app.close()
+
+
+def test_the_history_lease_elects_one_leader_when_the_broker_is_not_redis(
+    beat_env: Database,
+) -> None:
+    first = leadership_for("filesystem://", beat_env, ttl=30)
+    second = leadership_for("filesystem://", beat_env, ttl=30)
+    assert isinstance(first, LeaseLeadership)
+    assert first.ensure() and not second.ensure()
+    assert first.ensure()  # extended, still the leader
+    first.release()
+    assert second.ensure() and not first.ensure()
+
+
+def test_a_lost_redis_lock_is_taken_again(fresh_redis_url: str, beat_env: Database) -> None:
+    leader = leadership_for(fresh_redis_url, beat_env, ttl=30)
+    other = leadership_for(fresh_redis_url, beat_env, ttl=30)
+    assert isinstance(leader, RedisLeadership)
+    assert leader.ensure() and not other.ensure()
+    client = Redis.from_url(fresh_redis_url)
+    client.delete(REDIS_KEY)  # the lock expired (a long pause, a Redis restart)
+    client.close()
+    assert other.ensure()  # whoever ticks first leads; the old leader notices
+    assert not leader.ensure()
+    other.release()
+    assert leader.ensure()
+    leader.release()
