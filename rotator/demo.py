@@ -1,34 +1,56 @@
-"""`rotator demo`: real rotations of demo roles on a throwaway PostgreSQL.
+"""`rotator demo`: scheduled rotations on a throwaway PostgreSQL, through beat and a worker.
 
-Starts a PostgreSQL cluster with SCRAM authentication on a free port,
-creates an admin role and a few application roles, adopts the admin
-credential, rotates every role a few times with the real engine and the
-embedded store, and proves after each rotation, over a fresh connection,
-that the new password logs in and the previous one no longer does.
+Starts a PostgreSQL cluster with SCRAM authentication on a free port, creates an
+admin role and a few application roles, adopts their passwords, and starts
+`rotator run` (a worker with beat inside it, on the default filesystem broker and
+SQLite history in a temporary var dir) with demo secrets due every few seconds.
+The demo only watches: each run beat triggers is shown as it ends, and its new
+password is proven over a fresh connection (it logs in, the previous one is
+refused). It ends once every demo secret has rotated `rounds` times, or on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import secrets
+import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from cryptography.fernet import Fernet
+from psycopg import sql
 from pydantic import SecretStr
 from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from rotator.config import Settings
 from rotator.credential import Credential
 from rotator.devservers import LocalPostgres
-from rotator.runtime import build_runtime
+from rotator.history import Run
+from rotator.runtime import Runtime, build_runtime
 from rotator.stores import Stage
 
+ADMIN_ROLE = "rotator_admin"
+#: How often beat rotates each demo secret: short, so the demo shows several rounds.
+EVERY = "4s"
 
-def _logs_in(server: LocalPostgres, username: str, password: str | None) -> bool:
+
+@dataclass(frozen=True)
+class Check:
+    """What the demo proved about one finished run."""
+
+    run: Run
+    new_logs_in: bool
+    old_refused: bool
+    had_previous: bool
+
+    @property
+    def verified(self) -> bool:
+        return self.run.status == "succeeded" and self.new_logs_in and self.old_refused
+
+
+def logs_in(server: LocalPostgres, username: str, password: str | None) -> bool:
+    """A fresh connection with this password (no pool, no cached session)."""
     try:
         psycopg.connect(
             host=server.host,
@@ -43,28 +65,29 @@ def _logs_in(server: LocalPostgres, username: str, password: str | None) -> bool
     return True
 
 
-def _schedules(server: LocalPostgres, admin_role: str, roles: dict[str, str]) -> str:
+def schedules_text(server: LocalPostgres, roles: dict[str, str]) -> str:
+    """The admin rotates daily (not during the demo); app roles every EVERY."""
     lines = ["version: 1", "stores: {local: {type: embedded}}", "secrets:"]
-    entries = {"pg-admin": admin_role, **roles}
-    for name, role in entries.items():
+    for name, role in {"pg-admin": ADMIN_ROLE, **roles}.items():
+        admin = name == "pg-admin"
         lines += [
             f"  {name}:",
             "    rotator: postgres-password",
             "    store: local",
-            "    every: 1d",
+            f"    every: {'1d' if admin else EVERY}",
+            "    window: 1s",
             f"    target: {{host: {server.host}, port: {server.port}, username: {role}"
-            + ("" if name == "pg-admin" else ", admin_secret: pg-admin")
+            + ("" if admin else ", admin_secret: pg-admin")
             + "}",
         ]
     return "\n".join(lines) + "\n"
 
 
-def _create_roles(server: LocalPostgres, passwords: dict[str, str], admin_role: str) -> None:
-    from psycopg import sql
-
+def create_roles(server: LocalPostgres, passwords: dict[str, str]) -> None:
+    """Roles with SCRAM verifiers computed here; the admin may manage every app role."""
     with psycopg.connect(**server.conninfo(), autocommit=True) as conn:  # type: ignore[arg-type]
         for role, password in passwords.items():
-            extra = "CREATEROLE" if role == admin_role else ""
+            extra = "CREATEROLE" if role == ADMIN_ROLE else ""
             verifier = conn.pgconn.encrypt_password(
                 password.encode(), role.encode(), b"scram-sha-256"
             ).decode()
@@ -74,84 +97,95 @@ def _create_roles(server: LocalPostgres, passwords: dict[str, str], admin_role: 
                 )
             )
         for role in passwords:
-            if role != admin_role:  # PostgreSQL 16+: CREATEROLE needs ADMIN OPTION per role
+            if role != ADMIN_ROLE:  # PostgreSQL 16+: CREATEROLE needs ADMIN OPTION per role
                 conn.execute(
                     sql.SQL("GRANT {} TO {} WITH ADMIN OPTION").format(
-                        sql.Identifier(role), sql.Identifier(admin_role)
+                        sql.Identifier(role), sql.Identifier(ADMIN_ROLE)
                     )
                 )
 
 
-def run_demo(console: Console, rounds: int = 2, secrets_count: int = 3) -> bool:
-    """Run the demo; True only if every rotation was verified against PostgreSQL."""
+@dataclass
+class DemoSetup:
+    """The server, the roles and an in-process runtime over the demo's history and store."""
+
+    workdir: Path
+    server: LocalPostgres
+    roles: dict[str, str]
+    settings: Settings
+    runtime: Runtime
+    #: Every password the demo has seen, to prove none is in the history or the logs.
+    seen: set[str] = field(default_factory=set, repr=False)
+
+    def check(self, run: Run) -> Check:
+        """Prove the run's new password logs in and the one it replaced is refused."""
+        store = self.runtime.stores.get("local")
+        role = self.roles[run.secret]
+        current = store.read(run.secret, Stage.CURRENT)
+        previous = store.read(run.secret, Stage.PREVIOUS)
+        is_this_run = current is not None and current.version_id == run.version_id
+        new_ok = (
+            is_this_run
+            and current is not None
+            and logs_in(self.server, role, current.credential.password)
+        )
+        old_refused = previous is None or not logs_in(
+            self.server, role, previous.credential.password
+        )
+        for version in (current, previous):
+            if version is not None and version.credential.password:
+                self.seen.add(version.credential.password)
+        return Check(run, new_ok, old_refused, previous is not None)
+
+    def leaks(self, *files: Path) -> int:
+        """How many seen passwords appear in plain text in the history files or `files`."""
+        paths = [*self.settings.var_dir.glob("rotator.db*"), *files]
+        blob = b"".join(path.read_bytes() for path in paths if path.is_file())
+        return sum(password.encode() in blob for password in self.seen)
+
+    def close(self) -> None:
+        self.runtime.close()
+        self.server.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def set_up(console: Console, secrets_count: int) -> DemoSetup:
+    """Start PostgreSQL, create the roles, write schedules.yaml and adopt the passwords."""
     workdir = Path(tempfile.mkdtemp(prefix="rotator-demo-"))
     console.print("[bold]rotator demo[/]: starting a throwaway PostgreSQL (scram-sha-256) ...")
     server = LocalPostgres().start()
-    runtime = None
     try:
-        admin_role = "rotator_admin"
         roles = {f"demo-app-{i}": f"demo_app_{i}" for i in range(1, secrets_count + 1)}
-        initial = {role: secrets.token_urlsafe(18) for role in [admin_role, *roles.values()]}
-        _create_roles(server, initial, admin_role)
+        initial = {role: secrets.token_urlsafe(18) for role in [ADMIN_ROLE, *roles.values()]}
+        create_roles(server, initial)
         schedules = workdir / "schedules.yaml"
-        schedules.write_text(_schedules(server, admin_role, roles))
+        schedules.write_text(schedules_text(server, roles))
         settings = Settings(
             schedules=schedules,
             var_dir=workdir / "var",
             encryption_key=SecretStr(Fernet.generate_key().decode()),
         )
         runtime = build_runtime(settings)
-        for name, role in {"pg-admin": admin_role, **roles}.items():
+        for name, role in {"pg-admin": ADMIN_ROLE, **roles}.items():
             runtime.engine.adopt(name, Credential(password=initial[role]))
-        console.print(
-            f"PostgreSQL on {server.host}:{server.port}; adopted the initial credentials; "
-            f"rotating {len(roles)} roles x {rounds} rounds with the embedded store\n"
-        )
-        table = Table(title="demo rotations")
-        for column in ("#", "secret", "outcome", "version", "ms", "new works", "old works"):
-            table.add_column(column, no_wrap=True, min_width=len(column))
-        verified = total = 0
-        store = runtime.stores.get("local")
-        with Live(table, console=console, refresh_per_second=8):
-            for round_no in range(1, rounds + 1):
-                for name, role in roles.items():
-                    result = runtime.engine.run(name, trigger="demo")
-                    current = store.read(name, Stage.CURRENT)
-                    previous = store.read(name, Stage.PREVIOUS)
-                    new_ok = current is not None and _logs_in(
-                        server, role, current.credential.password
-                    )
-                    old_refused = previous is None or not _logs_in(
-                        server, role, previous.credential.password
-                    )
-                    good = result.outcome == "succeeded" and new_ok and old_refused
-                    total += 1
-                    verified += good
-                    table.add_row(
-                        str(round_no),
-                        name,
-                        _mark(result.outcome == "succeeded", result.outcome),
-                        (result.version_id or "-")[:8],
-                        str(sum(result.timings_ms.values())),
-                        _mark(new_ok),
-                        _mark(old_refused, ("no" if old_refused else "YES") if previous else "n/a"),
-                    )
-        ok = verified == total
-        colour = "green" if ok else "red"
-        console.print(
-            f"\n[bold {colour}]{verified}/{total} rotations verified[/] against PostgreSQL; "
-            f"history: {len(runtime.history.runs(limit=1000))} runs recorded, no values in it."
-        )
-        return ok
-    finally:
-        if runtime is not None:
-            runtime.close()
+    except BaseException:
         server.stop()
-        import shutil
-
         shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return DemoSetup(workdir, server, roles, settings, runtime)
 
 
-def _mark(ok: bool, text: Any = None) -> str:
-    label = text if text is not None else ("yes" if ok else "NO")
-    return f"[green]{label}[/]" if ok else f"[bold red]{label}[/]"
+def run_demo(console: Console, rounds: int = 2, secrets_count: int = 3) -> bool:
+    """Run the demo; True only if every rotation seen was verified against PostgreSQL."""
+    from rotator.demo_live import watch_rotations
+
+    setup = set_up(console, secrets_count)
+    try:
+        console.print(
+            f"PostgreSQL on {setup.server.host}:{setup.server.port}; initial passwords "
+            f"adopted.\nStarting `rotator run` (worker + beat, filesystem broker, SQLite); "
+            f"{len(setup.roles)} roles rotate every {EVERY}, {rounds} times each.\n"
+        )
+        return watch_rotations(console, setup, rounds)
+    finally:
+        setup.close()
