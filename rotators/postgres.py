@@ -39,6 +39,11 @@ _REFUSED_TEXT = (
 
 #: Never answer a server that asks for the cleartext password (libpq >= 16 can refuse it).
 _NO_CLEARTEXT = {"require_auth": "!password"} if psycopg.pq.version() >= 160000 else {}
+#: For proofs: the server must check a password (SCRAM or md5); `trust` fails the login.
+_PASSWORD_REQUIRED = (
+    {"require_auth": "scram-sha-256,md5"} if psycopg.pq.version() >= 160000 else None
+)
+_NO_PASSWORD_ASKED = ("server did not complete authentication", "authentication method requirement")
 
 
 def _usable(text: str) -> bool:
@@ -194,32 +199,45 @@ class PostgresPasswordRotator(SecretRotator):
                 conn.execute(statement)
 
     def test(self, credential: Credential) -> None:
-        with self._connect(credential) as conn, self._statement_errors(credential.username):
+        """A fresh login that the server had to check the password of (never `trust`)."""
+        proof = self._connect(credential, prove_password=True)
+        with proof as conn, self._statement_errors(credential.username):
             row = conn.execute("SELECT current_user").fetchone()
         if row is None or row[0] != credential.username:
             raise CredentialRejected(f"{self._where()} logged in as another role")
-        self._require_password_checks(credential)
+        if _PASSWORD_REQUIRED is None:  # libpq < 16 cannot insist: prove it with a decoy
+            self._require_password_checks(credential)
+        else:
+            PASSWORD_CHECKS.record(self._login_key(credential))
 
     def _require_password_checks(self, credential: Credential) -> None:
         """A server that lets any password in (trust) makes a successful login prove nothing.
 
-        The proof is kept per server and role for a while, so bulk rotations pay for it once.
+        Checked before a change; a recent proof for the same login settings is reused, so
+        bulk rotations pay for it once (`test` itself insists on a password every time).
         """
-        username = credential.username or self.target.username
-        where = (self.target.host, self.target.port, username)
-        if PASSWORD_CHECKS.proven(*where):
+        key = self._login_key(credential)
+        if PASSWORD_CHECKS.proven(key):
             return
         decoy = credential.replace(password="decoy-" + secrets.token_urlsafe(24))
         try:
-            self._connect(decoy).close()
-        except CredentialRejected:
-            PASSWORD_CHECKS.record(*where)
+            self._connect(decoy, prove_password=True).close()
+        except CredentialRejected as exc:
+            if "password authentication failed" in str(exc):
+                PASSWORD_CHECKS.record(key)
             return
-        raise ConfigError(
-            f"{self._where()} lets role {credential.username!r} in with any password "
+        raise self._trust_error(credential.username)
+
+    def _trust_error(self, username: str | None) -> ConfigError:
+        return ConfigError(
+            f"{self._where()} lets role {username!r} in with any password "
             "(trust or ident in pg_hba.conf), so a new password cannot be proven; "
             "use scram-sha-256 authentication for this role"
         )
+
+    def _login_key(self, credential: Credential) -> tuple[tuple[tuple[str, str], ...], str]:
+        username = credential.username or self.target.username
+        return connection_key(connect_kwargs(self.target, username, ""))
 
     @contextmanager
     def _statement_errors(self, username: str | None) -> Iterator[None]:
@@ -230,6 +248,10 @@ class PostgresPasswordRotator(SecretRotator):
             raise CredentialRejected(
                 f"the login used for {self._where()} may not change role {username!r} "
                 "(it needs CREATEROLE, and on PostgreSQL 16+ ADMIN OPTION on that role)"
+            ) from None
+        except psycopg.errors.ReadOnlySqlTransaction:
+            raise TransientError(
+                f"{self._where()} is read-only now (a standby after a failover?)"
             ) from None
         except psycopg.errors.UndefinedObject:
             raise CredentialRejected(
@@ -260,10 +282,8 @@ class PostgresPasswordRotator(SecretRotator):
                 yield conn
             return
         admin = self.context.lookup_secret(self.target.admin_secret)
-        t = self.target
-        key = connection_key(
-            t.host, t.port, t.dbname, admin.username or t.username, str(admin.password)
-        )
+        username = admin.username or self.target.username
+        key = connection_key(connect_kwargs(self.target, username, str(admin.password)))
         with ADMIN_CONNECTIONS.borrow(key, lambda: self._connect(admin)) as conn:
             yield conn
 
@@ -285,13 +305,18 @@ class PostgresPasswordRotator(SecretRotator):
                     raise
         raise AssertionError("unreachable")
 
-    def _connect(self, credential: Credential) -> psycopg.Connection[Any]:
+    def _connect(
+        self, credential: Credential, prove_password: bool = False
+    ) -> psycopg.Connection[Any]:
         username = credential.username or self.target.username
+        kwargs = connect_kwargs(self.target, username, str(credential.password))
+        if prove_password and _PASSWORD_REQUIRED is not None:
+            kwargs.update(_PASSWORD_REQUIRED)
         try:
-            return psycopg.connect(
-                **connect_kwargs(self.target, username, str(credential.password)), autocommit=True
-            )
+            return psycopg.connect(**kwargs, autocommit=True)
         except psycopg.Error as exc:
+            if prove_password and any(marker in str(exc) for marker in _NO_PASSWORD_ASKED):
+                raise self._trust_error(username) from None
             if is_auth_failure(exc):
                 raise CredentialRejected(
                     f"{self._where()} refused the login of role {username!r}: {_fatal(exc)}"

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from rotators import pg_connections
 from rotators.pg_connections import IdleConnections, PasswordCheckProofs, connection_key
 from tests.services.postgres import PgServer
 
@@ -28,8 +29,9 @@ def opener(pg: PgServer, opened: list[int]) -> Any:
     return connect
 
 
-def key_for(pg: PgServer, password: str | None = None) -> Any:
-    return connection_key(pg.host, pg.port, pg.dbname, pg.user, password or pg.password)
+def key_for(pg: PgServer, password: str | None = None, **settings: Any) -> Any:
+    info = {**pg.conninfo(**settings), "password": password or pg.password}
+    return connection_key(info)
 
 
 def test_a_returned_connection_serves_the_next_run(pg: PgServer) -> None:
@@ -70,32 +72,43 @@ def test_a_connection_left_in_a_transaction_or_failing_is_not_kept(pg: PgServer)
     pool.close_all()
 
 
-def test_a_connection_the_server_ended_is_replaced(pg: PgServer) -> None:
+def test_a_connection_the_server_ended_is_replaced_before_use(pg: PgServer) -> None:
     pool, opened = IdleConnections(), []
     with pool.borrow(key_for(pg), opener(pg, opened)) as conn:
         victim = backend_pid(conn)
     with pg.admin() as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (victim,))
-    with (
-        pytest.raises(psycopg.OperationalError),
-        pool.borrow(key_for(pg), opener(pg, opened)) as conn,
-    ):
-        conn.execute("SELECT 1")
     with pool.borrow(key_for(pg), opener(pg, opened)) as conn:
         assert backend_pid(conn) != victim
+    assert len(opened) == 2
     pool.close_all()
 
 
 def test_the_key_never_holds_the_password(pg: PgServer) -> None:
     password = "visible-" + secrets.token_hex(8)
-    assert password not in repr(connection_key("h", 1, "d", "u", password))
+    assert password not in repr(key_for(pg, password))
 
 
-def test_password_check_proofs_expire() -> None:
+def test_password_check_proofs_expire_and_are_per_login_settings(pg: PgServer) -> None:
     proofs = PasswordCheckProofs(ttl_seconds=0.0)
-    proofs.record("h", 1, "u")
-    assert not proofs.proven("h", 1, "u")
+    proofs.record(key_for(pg))
+    assert not proofs.proven(key_for(pg))
     lasting = PasswordCheckProofs()
-    lasting.record("h", 1, "u")
-    assert lasting.proven("h", 1, "u")
-    assert not lasting.proven("h", 1, "other")
+    lasting.record(key_for(pg))
+    assert lasting.proven(key_for(pg, "another password, same login"))
+    assert not lasting.proven(key_for(pg, user="other"))
+    assert not lasting.proven(key_for(pg, sslmode="require"))
+
+
+def test_an_idle_connection_past_its_age_is_closed_not_reused(
+    pg: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pg_connections, "MAX_IDLE_SECONDS", 0.0)
+    pool, opened = IdleConnections(), []
+    with pool.borrow(key_for(pg), opener(pg, opened)) as first:
+        pass
+    with pool.borrow(key_for(pg), opener(pg, opened)):
+        pass
+    assert len(opened) == 2
+    assert first.closed
+    pool.close_all()
