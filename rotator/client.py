@@ -29,6 +29,7 @@ import structlog
 from sqlalchemy import inspect
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
+from rotator.client_postgres import postgres_auth_failed, postgres_connect_kwargs
 from rotator.config import Settings, load_settings
 from rotator.credential import Credential
 from rotator.errors import ConfigError, StoreError, TransientError, UnknownSecret
@@ -51,32 +52,10 @@ Clock = Callable[[], float]
 DEFAULT_TTL_SECONDS = 300.0
 #: While the store cannot be read, a stale value is served and the read retried after this.
 STALE_RETRY_SECONDS = 30.0
-_PG_AUTH_SQLSTATES = frozenset({"28P01", "28000"})
 
 
 class NoCurrentValue(StoreError):
     """The store holds no CURRENT version of a secret (nothing adopted or rotated yet)."""
-
-
-def postgres_auth_failed(exc: BaseException) -> bool:
-    """True when PostgreSQL refused a login or password (SQLSTATE 28P01 or 28000).
-
-    A refused connection attempt reaches psycopg as an OperationalError without a
-    SQLSTATE, so its libpq text is checked too. SQLAlchemy's wrappers are looked
-    through (`exc.orig`), as are chained causes.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, psycopg.Error):
-            if current.sqlstate in _PG_AUTH_SQLSTATES:
-                return True
-            if current.sqlstate is None and "password authentication failed" in str(current):
-                return True
-        orig = getattr(current, "orig", None)
-        current = orig if isinstance(orig, BaseException) else current.__cause__
-    return False
 
 
 def require_env(name: str, hint: str = "") -> str:
@@ -87,29 +66,6 @@ def require_env(name: str, hint: str = "") -> str:
     state = "is empty" if value == "" else "is not set"
     how = hint or f"export {name}=... before starting the app, or add it to its .env file"
     raise ConfigError(f"environment variable {name} {state}: {how}")
-
-
-def postgres_connect_kwargs(credential: Credential, **overrides: Any) -> dict[str, Any]:
-    """psycopg.connect keyword arguments from a secret's AWS-style fields (never a DSN string).
-
-    `overrides` replace any field but the password (e.g. dbname, sslmode, connect_timeout).
-    """
-    if "password" in overrides:
-        raise ConfigError("connect_postgres takes the password from the secret; do not pass one")
-    fields = {"host": credential.get("host"), "port": credential.get("port")}
-    fields["dbname"] = credential.get("dbname")
-    fields["user"] = credential.get("username")
-    kwargs = {k: v for k, v in fields.items() if v is not None}
-    kwargs.update(overrides)
-    kwargs["password"] = credential.password
-    missing = [k for k in ("host", "user", "password") if not kwargs.get(k)]
-    if missing:
-        raise ConfigError(
-            f"the secret has no {', '.join(missing)} for a PostgreSQL connection "
-            f"(has: {', '.join(sorted(credential.public())) or 'no public fields'}); "
-            "pass host=/user= to connect_postgres or store them in the secret"
-        )
-    return kwargs
 
 
 @dataclass
@@ -208,12 +164,14 @@ class SecretReader:
     def refresh_after_failure(self, name: str, failed: Credential) -> Credential:
         """The value to retry with after `failed` was refused; one store read per rotation.
 
-        When another thread already replaced `failed` in the cache, its value is
-        returned without a read, so a burst of failing requests reads the store once.
+        When another thread already replaced `failed` in the cache with a different
+        value, that value is returned without a read, so a burst of failing requests
+        reads the store once. Values are compared, not objects: a TTL reload caches
+        an equal value in a new object, which must not pass for a refreshed one.
         """
         with self._name_lock(name):
             entry = self._entries.get(name)
-            if entry is not None and entry.credential is not failed:
+            if entry is not None and entry.credential != failed:
                 return entry.credential
             return self._load(name, stale=None)
 
@@ -287,7 +245,7 @@ class SecretReader:
     def _forget(self, name: str, credential: Credential) -> None:
         with self._lock:
             entry = self._entries.get(name)
-            if entry is not None and entry.credential is credential:
+            if entry is not None and entry.credential == credential:  # by value, see above
                 del self._entries[name]
 
     def connect_postgres(self, name: str, **kwargs: Any) -> Connection[Any]:

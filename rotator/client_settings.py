@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
-from pydantic import SecretStr
+from pydantic import SecretStr, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import PydanticBaseSettingsSource
 
@@ -59,7 +59,7 @@ class RotatorSettingsSource(PydanticBaseSettingsSource):
         if marker is None:
             return None, field_name, False
         with _Readers(self._reader) as reader:
-            return _value(reader, marker, field), _key(field, field_name), False
+            return _value(reader, marker, field, field_name), _key(field, field_name), False
 
     def __call__(self) -> dict[str, Any]:
         marked = {
@@ -71,7 +71,7 @@ class RotatorSettingsSource(PydanticBaseSettingsSource):
             return {}
         with _Readers(self._reader) as reader:
             return {
-                _key(field, name): _value(reader, marker, field)
+                _key(field, name): _value(reader, marker, field, name)
                 for name, (field, marker) in marked.items()
             }
 
@@ -103,18 +103,55 @@ def _key(field: FieldInfo, field_name: str) -> str:
     return alias or field_name
 
 
-def _value(reader: SecretReader, marker: FromRotator, field: FieldInfo) -> Any:
-    """The marked value; a SecretStr for SecretStr fields so no state dump shows it."""
+def _value(reader: SecretReader, marker: FromRotator, field: FieldInfo, name: str) -> Any:
+    """The marked value, validated here so a misfit is a ConfigError that shows no value.
+
+    Strings go in as SecretStr wherever the annotation allows one (`SecretStr | None`
+    too), so neither pydantic-settings' state dump nor a later error shows them.
+    """
     credential = reader.current(marker.secret)
     if marker.field is None:
-        return credential.as_dict()
-    if marker.field not in credential:
+        value: Any = credential.as_dict()
+    elif marker.field not in credential:
         have = ", ".join(sorted(credential)) or "none"
         raise ConfigError(
             f"secret {marker.secret!r} has no field {marker.field!r} (its fields: {have}); "
             "fix the FromRotator(...) marker or the stored value"
         )
-    value = credential[marker.field]
-    if field.annotation is SecretStr and isinstance(value, str):
-        return SecretStr(value)
-    return value
+    else:
+        value = credential[marker.field]
+    if isinstance(value, str) and _allows_secretstr(field.annotation):
+        value = SecretStr(value)
+    return _validated(value, marker, field, name)
+
+
+def _allows_secretstr(annotation: Any) -> bool:
+    return annotation is SecretStr or any(_allows_secretstr(a) for a in get_args(annotation))
+
+
+def _validated(value: Any, marker: FromRotator, field: FieldInfo, name: str) -> Any:
+    """`value` as the field's type and constraints make it, or a ConfigError naming the
+    field and pydantic's error types. The ValidationError (whose text shows the input)
+    is neither raised nor chained: the ConfigError is raised outside its except block."""
+    annotated: Any = Annotated[(field.annotation, *field.metadata)]  # with its constraints
+    adapter: TypeAdapter[Any] = TypeAdapter(annotated)
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        problems = _problems(exc)
+    source = f"secret {marker.secret!r}"
+    source += " (the whole value)" if marker.field is None else f" field {marker.field!r}"
+    raise ConfigError(
+        f"settings field {name!r} does not fit {source}: {problems}; "
+        "fix the field's type or the FromRotator(...) marker, or the stored value"
+    )
+
+
+def _problems(exc: ValidationError) -> str:
+    """Where and what (pydantic's error type) for each error; never the input or a message,
+    which a custom validator may have built from the value."""
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    return ", ".join(
+        f"{'.'.join(map(str, error['loc']))} ({error['type']})" if error["loc"] else error["type"]
+        for error in errors
+    )

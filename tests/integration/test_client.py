@@ -14,7 +14,8 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from structlog.testing import capture_logs
 
-from rotator.client import SecretReader, postgres_auth_failed, postgres_connect_kwargs
+from rotator.client import SecretReader
+from rotator.client_postgres import postgres_auth_failed, postgres_connect_kwargs
 from rotator.client_settings import FromRotator, RotatorSettingsSource
 from rotator.config import Settings
 from rotator.credential import Credential
@@ -92,6 +93,33 @@ def test_connect_postgres_recovers_without_help(plan: PgPlan, reader: SecretRead
     with reader.connect_postgres("db-0", connect_timeout=5) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (plan.roles["db-0"],)
     assert reader.current("db-0").password == current_password(plan)
+
+
+def test_app_survives_a_rotation_after_a_ttl_reload_of_the_same_value(plan: PgPlan) -> None:
+    """A request holds the password; another request reloads the same password at TTL expiry;
+    the engine rotates; the held password is refused by PostgreSQL. The refused request still
+    reads the store and logs in with the new password."""
+    now = [1000.0]
+    settings = plan.runtime.settings
+    reader = SecretReader.from_schedules(
+        plan.schedules, settings, ttl=60, jitter=0, clock=lambda: now[0]
+    )
+    before = current_password(plan)
+    attempts: list[str] = []
+    login = logging_in(attempts)
+
+    def slow_login(credential: Credential) -> str:
+        if not attempts:  # while this request is on its way to the database:
+            now[0] += 61
+            assert reader.current("db-0").password == before  # TTL reload, equal value
+            assert plan.runtime.engine.run("db-0").outcome == "succeeded"
+        return login(credential)
+
+    with reader:
+        assert reader.call("db-0", slow_login) == plan.roles["db-0"]
+    after = current_password(plan)
+    assert after != before
+    assert attempts == [before, after]
 
 
 def test_value_the_store_still_holds_is_raised_without_retry(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,16 +14,11 @@ import psycopg
 import pytest
 import sqlalchemy.exc
 from cryptography.fernet import Fernet
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from rotator.client import (
-    NoCurrentValue,
-    SecretReader,
-    postgres_auth_failed,
-    postgres_connect_kwargs,
-    require_env,
-)
+from rotator.client import NoCurrentValue, SecretReader, require_env
+from rotator.client_postgres import postgres_auth_failed, postgres_connect_kwargs
 from rotator.client_settings import FromRotator, RotatorSettingsSource
 from rotator.config import Settings
 from rotator.credential import Credential
@@ -280,6 +276,43 @@ def test_a_burst_of_auth_failures_reads_the_store_once(
     assert store.reads == 2
 
 
+def test_call_refreshes_after_a_ttl_reload_of_the_same_value(
+    reader: SecretReader, store: CountingStore, clock: Clock
+) -> None:
+    """While a login with the held value is under way, another caller reloads the same value
+    at TTL expiry (a new Credential object) and then the secret rotates: the refused caller
+    still reads the store and retries with the new value."""
+    attempts: list[str | None] = []
+
+    def login(credential: Credential) -> str:
+        attempts.append(credential.password)
+        if len(attempts) == 1:
+            clock.now += 61
+            reader.current("billing-db")  # TTL reload by another request: same value
+            store.set_current("billing-db", username="billing", password="second-pass-2")
+        if credential.password != "second-pass-2":
+            raise AuthRefused("password authentication failed")
+        return "connected"
+
+    assert reader.call("billing-db", login, refused) == "connected"
+    assert attempts == ["first-pass-1", "second-pass-2"]
+    assert reader.current("billing-db").password == "second-pass-2"
+
+
+def test_scope_drops_a_refused_value_reloaded_in_between(
+    reader: SecretReader, store: CountingStore, clock: Clock
+) -> None:
+    """A refused value is dropped even when a TTL reload replaced the cached object with an
+    equal one while the scope ran."""
+    with pytest.raises(AuthRefused), reader.credential("billing-db", refused):
+        clock.now += 61
+        reader.current("billing-db")
+        store.set_current("billing-db", username="billing", password="second-pass-2")
+        raise AuthRefused("password authentication failed")
+    with reader.credential("billing-db", refused) as cred:
+        assert cred.password == "second-pass-2"
+
+
 def test_scope_drops_the_value_after_an_auth_failure_only(
     reader: SecretReader, store: CountingStore
 ) -> None:
@@ -467,3 +500,73 @@ def test_from_schedules_reads_through_the_plan(tmp_path: Path) -> None:
     settings = _settings(tmp_path, database_url=url, encryption_key=key.decode())
     with SecretReader.from_schedules(schedules, settings) as reader:
         assert reader.get("billing-db")["password"] == "adopted-1"
+
+
+def _no_value_in(exc: BaseException, value: str) -> None:
+    """Neither the error nor anything chained to it shows `value`."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        assert value not in f"{seen} {seen!r}"
+        seen = seen.__cause__ or seen.__context__
+    assert value not in "".join(traceback.format_exception(exc))
+
+
+def test_secret_that_does_not_fit_a_model_field_names_the_field_not_the_value(
+    store: CountingStore,
+) -> None:
+    store.set_current("stripe-key", api_key="sk_live_abcdef123456")
+
+    class Stripe(BaseModel):
+        key: SecretStr  # the secret says api_key: a misfit
+
+    class Bad(BaseSettings):
+        stripe: Annotated[Stripe, FromRotator("stripe-key", None)]
+
+    with pytest.raises(ConfigError) as caught:
+        RotatorSettingsSource(Bad, SecretReader.from_store(store))()
+    message = str(caught.value)
+    assert "'stripe'" in message and "'stripe-key'" in message and "key (missing)" in message
+    _no_value_in(caught.value, "sk_live_abcdef123456")
+
+
+def test_password_in_a_non_secret_field_is_a_config_error_without_the_value(
+    reader: SecretReader,
+) -> None:
+    class Bad(BaseSettings):
+        port: Annotated[int, FromRotator("billing-db", "password")] = 0
+
+        @classmethod
+        def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], **sources: PydanticBaseSettingsSource
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (RotatorSettingsSource(settings_cls, reader),)
+
+    with pytest.raises(
+        ConfigError, match=r"'port' does not fit secret 'billing-db' field 'password': int_parsing;"
+    ) as caught:
+        Bad()
+    _no_value_in(caught.value, "first-pass-1")
+
+
+def test_constraints_on_a_marked_field_are_checked_without_showing_the_value(
+    reader: SecretReader,
+) -> None:
+    class Bad(BaseSettings):
+        pin: Annotated[str, FromRotator("billing-db", "password"), Field(max_length=4)]
+
+    with pytest.raises(ConfigError, match="string_too_long") as caught:
+        RotatorSettingsSource(Bad, reader)()
+    _no_value_in(caught.value, "first-pass-1")
+
+
+def test_optional_and_union_secretstr_fields_get_a_secretstr(reader: SecretReader) -> None:
+    class App(BaseSettings):
+        maybe: Annotated[SecretStr | None, FromRotator("billing-db")] = None
+        either: Annotated[str | SecretStr, FromRotator("billing-db")] = ""
+        user: Annotated[str, FromRotator("billing-db", "username")] = ""
+
+    state = RotatorSettingsSource(App, reader)()
+    assert isinstance(state["maybe"], SecretStr) and isinstance(state["either"], SecretStr)
+    assert state["maybe"].get_secret_value() == "first-pass-1"
+    assert state["user"] == "billing"
+    assert "first-pass-1" not in repr(state)
