@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from cryptography.fernet import Fernet
@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from rotator import cli_render, cli_rotate
+from rotator import cli_render
 from rotator.config import Settings, load_settings
 from rotator.credential import Credential
 from rotator.errors import ConfigError, RotationInProgress, RotatorError
@@ -30,6 +30,9 @@ from rotator.results import RunResult
 from rotator.runtime import Runtime, build_runtime, open_database
 from rotator.schedule import load_plan
 from rotator.stores import Stage
+
+if TYPE_CHECKING:  # Celery is imported only by the commands that use it
+    from rotator.cli_rotate import Queued
 
 app = typer.Typer(
     help="Rotate secrets declared in schedules.yaml.",
@@ -168,6 +171,8 @@ def rotate(
     as_json: JsonOption = False,
 ) -> None:
     """Queue rotations for a worker (--wait: follow them); exit 1 unless every one succeeded."""
+    from rotator import cli_rotate
+
     with _runtime(schedules) as runtime:
         targets = cli_rotate.choose(runtime, names or [], every, overdue)
         if not targets:
@@ -195,7 +200,7 @@ def _progress(line: str) -> None:
     err.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
-def _print_queued(queued: list[cli_rotate.Queued], as_json: bool) -> None:
+def _print_queued(queued: list[Queued], as_json: bool) -> None:
     if as_json:
         out.print_json(data=[run.as_dict() for run in queued])
         return
@@ -347,12 +352,16 @@ def demo(
     rounds: Annotated[int, typer.Option(help="Rotations per demo secret.", min=1, max=20)] = 2,
     secrets_count: Annotated[int, typer.Option("--secrets", help="Demo roles.", min=1, max=20)] = 3,
 ) -> None:
-    """Rotate demo roles on a throwaway PostgreSQL and prove every new password."""
+    """Beat and a worker rotate demo roles on a throwaway PostgreSQL; each password is proven."""
     from rotator.demo import run_demo
 
     with user_errors():
         configure_logging("console", "warning")
-        ok = run_demo(out, rounds=rounds, secrets_count=secrets_count)
+        try:
+            ok = run_demo(out, rounds=rounds, secrets_count=secrets_count)
+        except KeyboardInterrupt:  # during set-up or shut-down: everything is cleaned up
+            err.print("demo interrupted")
+            raise typer.Exit(130) from None
     raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
 
 

@@ -24,7 +24,8 @@ from rich.table import Table
 from rotator.demo import Check, DemoSetup
 
 #: The demo gives up when the rotations it waits for have not happened by then.
-DEADLINE_SECONDS = 120.0
+DEADLINE_BASE_SECONDS = 60.0
+DEADLINE_PER_ROUND_SECONDS = 15.0
 STOP_SECONDS = 30.0
 POLL_SECONDS = 0.25
 
@@ -119,7 +120,7 @@ def _follow(
 ) -> bool:
     """Poll the history; True if stopped by Ctrl-C. Raises nothing on a dead subprocess."""
     seen: set[str] = set()
-    deadline = time.monotonic() + DEADLINE_SECONDS
+    deadline = time.monotonic() + DEADLINE_BASE_SECONDS + rounds * DEADLINE_PER_ROUND_SECONDS
     try:
         while not _done(setup, rounds, checks) and time.monotonic() < deadline:
             if process.poll() is not None:
@@ -168,7 +169,7 @@ def _summary(
     ok = bool(checks) and verified == len(checks) and clean and finished
     colour = "green" if ok else "red"
     console.print(
-        f"\n[bold {colour}]{verified}/{len(checks)} rotations verified[/] against PostgreSQL; "
+        f"\n[bold {colour}]{verified}/{len(checks)} rotations verified[/] against PostgreSQL.\n"
         f"{len(history)} runs recorded; "
         + (f"{leaks} passwords found in history or logs!\n" if leaks else "no password in them.\n")
         + f"`rotator run` stopped with exit code {exit_code}"
