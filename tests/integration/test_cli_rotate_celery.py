@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from rotator.credential import Credential
 from rotator.devservers import free_port
 from rotator.stores import Stage
+from tests.conftest import unique_role
 from tests.integration.conftest import PgPlan, PgPlanFactory, leaked
 from tests.services.celery_procs import rotator_env, running_worker, worker_env
 
@@ -74,10 +76,26 @@ def test_rotate_wait_through_a_worker_prints_steps_and_the_outcome(
 
 
 def test_all_and_overdue_choose_their_secrets(pg_plan: PgPlanFactory, tmp_path: Path) -> None:
-    """--all queues every secret; --overdue only those beat would send now (never rotated)."""
-    plan = pg_plan({"db-0": "ignored_a", "db-1": "ignored_b"})
+    """plan shows beat's slots; --all queues every secret; --overdue only the due ones."""
+    plan = pg_plan({"db-0": unique_role(), "db-1": unique_role()})
     plan.runtime.engine.adopt("db-0", Credential(password=plan.initial[plan.roles["db-0"]]))
     env = rotator_env(plan.runtime.settings, None)
+    adopted = plan.runtime.history.last_success("db-0")
+    assert adopted is not None and adopted.finished_at is not None
+
+    shown = rotator(env, tmp_path, "plan", "--json")
+    assert shown.returncode == 0, shown.stderr
+    rows = {row["secret"]: row for row in json.loads(shown.stdout)}
+    assert (rows["db-1"]["reason"], rows["db-1"]["slot"], rows["db-1"]["overdue"]) == (
+        "never-rotated",
+        "first",
+        True,
+    )
+    assert (rows["db-0"]["reason"], rows["db-0"]["overdue"]) == ("interval", False)
+    due = datetime.fromisoformat(rows["db-0"]["next_due"])
+    assert due == adopted.finished_at + timedelta(days=30)
+    starts = datetime.fromisoformat(rows["db-0"]["starts_at"])
+    assert due <= starts < due + timedelta(hours=1)  # inside the default 1h window
 
     overdue = rotator(env, tmp_path, "rotate", "--overdue", "--json")
     assert overdue.returncode == 0, overdue.stderr
