@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -35,34 +36,45 @@ _SHARED_STORE_TYPES = {"embedded": "embedded stores share one table in the histo
 
 
 def _check_timezone(value: str | None) -> str | None:
-    if value is not None:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown timezone {value!r} (expected an IANA name such as UTC or Europe/Berlin)"
-            ) from None
+    if value is not None and (problem := _timezone_problem(value)):
+        raise ValueError(problem)
     return value
 
 
+@lru_cache(maxsize=1024)
+def _timezone_problem(value: str) -> str | None:
+    """Cached: a large file names the same few zones thousands of times."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"unknown timezone {value!r} (expected an IANA name such as UTC or Europe/Berlin)"
+    return None
+
+
 def _check_cron(value: str | None) -> str | None:
-    """Five fields (minute hour day month weekday) or @daily-style; and it must fire."""
-    if value is None:
-        return value
+    if value is not None and (problem := _cron_problem(value)):
+        raise ValueError(problem)
+    return value
+
+
+@lru_cache(maxsize=4096)
+def _cron_problem(value: str) -> str | None:
+    """Five fields (minute hour day month weekday) or @daily-style; and it must fire.
+
+    Cached: a large file repeats the same few expressions, and croniter is slow to parse.
+    """
     fields = value.split()
     keyword = len(fields) == 1 and value.strip().startswith("@")
     if not (keyword or len(fields) == 5) or not croniter.is_valid(value):
-        raise ValueError(
+        return (
             f"{value!r} is not a cron expression (expected 5 fields: minute hour day-of-month "
             "month day-of-week, e.g. '0 3 * * 1', or @daily, @weekly, @monthly)"
         )
     try:
         croniter(value, datetime(2000, 1, 1)).get_next(datetime)
     except CroniterError:
-        raise ValueError(
-            f"{value!r} never matches a date (expected a day that exists in the month)"
-        ) from None
-    return value
+        return f"{value!r} never matches a date (expected a day that exists in the month)"
+    return None
 
 
 def _check_path(value: str | None) -> str | None:
