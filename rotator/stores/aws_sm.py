@@ -20,9 +20,9 @@ import logging
 import threading
 from typing import Any, ClassVar, Literal
 
-import boto3  # type: ignore[import-untyped]
-from botocore.config import Config  # type: ignore[import-untyped]
-from botocore.exceptions import ClientError  # type: ignore[import-untyped]
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
 from pydantic import Field
 
 from rotator.credential import Credential
