@@ -11,8 +11,8 @@ generated into a temporary directory. Figures:
   rest are cron secrets never rotated, not due before their next cron time), the
   scheduler built in-process on a real Celery app whose broker is a throwaway
   redis-server (so it leads through a Redis lock and could send), then the tick time
-  over many warm ticks (min/median) and the refresh tick (bulk history read and every
-  slot recomputed, done every `refresh_interval`) over a few;
+  over many warm ticks (min/median) and the refresh tick (bulk history read, slots
+  recomputed where history changed, done every `refresh_interval`) over a few;
 - Celery's PersistentScheduler holding the same N entries in `beat_schedule`
   (`schedule(30d)` or `crontab`), its tick time the same way.
 Each scheduler runs in a process of its own so its RSS is its own. No entry is due
@@ -270,8 +270,8 @@ def report(count: int, successes: int, yaml: dict[str, Any], cel: dict[str, Any]
               f" {f['warm_min'] * ms:6.3f} ms {f['warm_median'] * ms:6.3f} ms"
               f" {f['base_rss']:6.1f} MiB {f['rss']:5.1f} MiB"
               f" {f['peak_rss']:5.1f} MiB")  # fmt: skip
-    print(f"YamlScheduler refresh tick (bulk history read, every slot recomputed; every "
-          f"refresh_interval): min {yaml['refresh_min']:.2f} s, "
+    print(f"YamlScheduler refresh tick (bulk history read, slots recomputed where history "
+          f"changed; every refresh_interval): min {yaml['refresh_min']:.2f} s, "
           f"median {yaml['refresh_median']:.2f} s")  # fmt: skip
     ratio = cel["warm_median"] / yaml["warm_median"]
     print(f"warm tick, Celery/Yaml median: {ratio:.1f}x  (target: YamlScheduler no slower)")
@@ -295,9 +295,15 @@ def main() -> None:
     try:
         successes = fill_history(history_url, args.secrets)
         env = settings_env(workdir, history_url, redis.url(0))
+        load = [os.getloadavg()[0]]
         yaml = in_child(yaml_child, env, args.ticks, args.refreshes)
+        load.append(os.getloadavg()[0])
         cel = in_child(celery_child, env, args.secrets, args.ticks)
-        print(f"history: {args.history}")
+        load.append(os.getloadavg()[0])
+        print(
+            f"history: {args.history}; 1-min load average before/after yaml/after celery "
+            f"(2 cores, shared): {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
+        )
         report(args.secrets, successes, yaml, cel)
         import redis as redis_py
 

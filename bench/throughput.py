@@ -449,8 +449,13 @@ def main() -> None:
     configure_logging("console", "warning")
     bench = start([*warm, *rotated, *profiled, *extra], raw)
     try:
+        load = [os.getloadavg()[0]]
         celery = run_celery(bench, warm, rotated)
+        load.append(os.getloadavg()[0])
         raw_figures = run_raw(bench, raw)
+        load.append(os.getloadavg()[0])
+        print("1-min load average before/after celery/after raw (2 cores, shared): "
+              + " / ".join(f"{x:.2f}" for x in load))  # fmt: skip
         report(n, celery, raw_figures)
         if profiled:
             profile(bench, profiled, extra)
