@@ -141,7 +141,7 @@ def vault_errors(store: str, what: str) -> Iterator[None]:
     except (hvac_errors.Forbidden, hvac_errors.Unauthorized):
         raise StoreError(
             f"store {store!r}: permission denied ({what}); check the store's auth settings and "
-            "that its Vault policy grants this path (see docs/stores-vault.md)"
+            "that its Vault policy grants this path (see docs/stores.md)"
         ) from None
     except hvac_errors.InvalidPath:
         raise StoreError(

@@ -2,7 +2,7 @@
 
 Applications read `<mount>/data/<path>`: its latest version is CURRENT and never an
 unconfirmed value. Stores here log in with a token holding exactly the policy that
-docs/stores-vault.md publishes, so on a real Vault that policy is proven sufficient.
+docs/stores.md publishes, so on a real Vault that policy is proven sufficient.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from tests.services.vault import VaultService
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "stores-vault.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "stores.md"
 
 
 class Crash(Exception):
@@ -39,7 +39,7 @@ class Crash(Exception):
 
 
 def docs_policy(marker: str, mount: str) -> str:
-    """The HCL block of docs/stores-vault.md starting with `# marker`, for `mount`."""
+    """The HCL block of docs/stores.md starting with `# marker`, for `mount`."""
     blocks = re.findall(r"```hcl\n(.*?)```", DOCS.read_text(), re.S)
     (block,) = [b for b in blocks if b.startswith(f"# {marker}\n")]
     return block.replace('"secret/', f'"{mount}/')
