@@ -90,7 +90,15 @@ class Engine:
     # -- wiring -----------------------------------------------------------------
 
     def rotator_for(self, spec: SecretSpec) -> SecretRotator:
-        context = RotatorContext(spec.name, spec.password, self.read_current)
+        """A rotator for one run; the admin secrets it looks up are read once per run."""
+        looked_up: dict[str, Credential] = {}
+
+        def lookup(name: str) -> Credential:
+            if name not in looked_up:
+                looked_up[name] = self.read_current(name)
+            return looked_up[name]
+
+        context = RotatorContext(spec.name, spec.password, lookup)
         return self.rotators[spec.rotator](spec.target, context)
 
     def store_for(self, spec: SecretSpec) -> SecretStore:
@@ -176,9 +184,9 @@ class Engine:
         # The values stay registered until a failure is recorded, so its text is scrubbed too.
         with ExitStack() as secret_scope:
             try:
-                current = run.store.read(spec.path, Stage.CURRENT)
-                previous = run.store.read(spec.path, Stage.PREVIOUS)
-                pending_now = run.store.read(spec.path, Stage.PENDING)
+                stages = run.store.read_stages(spec.path)
+                current, previous = stages[Stage.CURRENT], stages[Stage.PREVIOUS]
+                pending_now = stages[Stage.PENDING]
                 if pending_now is None and current is not None and current.token == run.run_id:
                     run.log.info("rotation.already_finished")
                     return self._record_success(run, current)
@@ -260,7 +268,7 @@ class Engine:
 
     def test(self, run: _Run, pending: SecretVersion) -> None:
         """Prove PENDING works over a real connection."""
-        self._step(run, "test", lambda: run.rotator.test(pending.credential))
+        self._step(run, "test", lambda: run.rotator.test(pending.credential), confirm=False)
         run.log.info("rotation.tested", version_id=pending.version_id)
         self._hook("tested")
 
@@ -270,7 +278,6 @@ class Engine:
             run,
             "finish",
             lambda: run.store.promote(run.spec.path, pending.version_id),
-            check_after=False,
         )
         self._hook("promoted")
         return self._record_success(run, pending)
@@ -297,7 +304,7 @@ class Engine:
                 restore, pending.credential, previous.credential if previous else None
             ),
         )
-        self._step(run, "rollback", lambda: run.rotator.test(restore))
+        self._step(run, "rollback", lambda: run.rotator.test(restore), confirm=False)
         self._step(
             run, "rollback", lambda: run.store.discard_pending(run.spec.path, pending.version_id)
         )
@@ -315,8 +322,14 @@ class Engine:
 
     # -- helpers ----------------------------------------------------------------
 
-    def _step(self, run: _Run, step: str, action: Callable[[], T], check_after: bool = True) -> T:
-        """Run one step under the lease, retrying transient errors with backoff."""
+    def _step(self, run: _Run, step: str, action: Callable[[], T], confirm: bool = True) -> T:
+        """Run one step under the lease, retrying transient errors with backoff.
+
+        Before a step that changes something outside the run (the store, the target) the
+        lease is confirmed in the database, so a run that stalled past its lease (a paused
+        process) stops there; a step that only reads (test) checks the renewal thread's
+        verdict, which costs no round trip.
+        """
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -336,12 +349,8 @@ class Engine:
         started = time.monotonic()
         for attempt in retrying:
             with attempt:
-                run.lease.check()
+                run.lease.check(confirm)
                 result = action()
-        # A run that stalled past its lease (a paused process) stops here, before its next step;
-        # after the promote there is no next step, and the run did finish.
-        if check_after:
-            run.lease.check()
         elapsed = int((time.monotonic() - started) * 1000)
         run.timings_ms[step] = run.timings_ms.get(step, 0) + elapsed
         self.history.record_step(run.run_id, step, "ok", elapsed)

@@ -152,7 +152,10 @@ class Database:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        # No pre-ping: it would add a round trip to each of a run's transactions. A connection
+        # the server dropped fails its statement instead; SQLAlchemy then discards the whole
+        # pool, and the caller's retry (the engine's steps, the task's) gets fresh connections.
+        self.engine: Engine = create_engine(url, pool_recycle=1800)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

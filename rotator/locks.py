@@ -48,8 +48,12 @@ class SecretLease:
             except Exception as exc:  # a renewal that errors is retried next tick
                 log.warning("lease.renew_failed", secret=self.secret, error=type(exc).__name__)
 
-    def check(self) -> None:
-        if self._lost.is_set() or not self._leases.still_held(self.secret, self.owner, self.fence):
+    def check(self, confirm: bool = True) -> None:
+        """Raise LockLost once the lease is gone; `confirm` asks the database, not only the
+        renewal thread (which notices a loss up to a third of the TTL late)."""
+        if self._lost.is_set() or (
+            confirm and not self._leases.still_held(self.secret, self.owner, self.fence)
+        ):
             raise LockLost(f"the lease of secret {self.secret!r} was lost to another run")
 
 

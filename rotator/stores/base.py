@@ -79,6 +79,10 @@ class SecretStore(ABC):
     def read(self, path: str, stage: Stage) -> SecretVersion | None:
         """The version holding `stage` at `path`, or None."""
 
+    def read_stages(self, path: str) -> dict[Stage, SecretVersion | None]:
+        """CURRENT, PENDING and PREVIOUS at `path`; stores that can read them at once should."""
+        return {stage: self.read(path, stage) for stage in Stage}
+
     @abstractmethod
     def put_pending(self, path: str, credential: Credential, token: str) -> SecretVersion:
         """Store `credential` as PENDING; idempotent on `token`."""

@@ -75,6 +75,18 @@ class EmbeddedStore(SecretStore):
             row = self._row(session, path, stage)
             return None if row is None else self._decode(row)
 
+    def read_stages(self, path: str) -> dict[Stage, SecretVersion | None]:
+        """All three stages in one query (a rotation reads them together)."""
+        found: dict[Stage, SecretVersion | None] = dict.fromkeys(Stage)
+        with self._transaction() as session:
+            query = select(StoredVersion).where(
+                StoredVersion.path == path, StoredVersion.stage.is_not(None)
+            )
+            for row in session.scalars(query):
+                if row.stage is not None:
+                    found[Stage(row.stage)] = self._decode(row)
+        return found
+
     def put_pending(self, path: str, credential: Credential, token: str) -> SecretVersion:
         try:
             with self._transaction() as session:
