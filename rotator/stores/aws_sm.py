@@ -9,15 +9,20 @@ AWS attaches AWSCURRENT to the first version a secret ever gets, whatever
 VersionStages says. A version holding both AWSCURRENT and AWSPENDING is
 therefore PENDING only to rotator (its promote has not finished, or it is the
 unconfirmed first value of a new secret); `read(path, CURRENT)` does not
-return it. Exclusion between processes comes from the engine's per-secret
-lease; AWS has no compare-and-set on labels, so `put_pending` checks before it
-writes and checks again after, and serialises writers inside one process.
+return it. AWS only ever moves AWSCURRENT, never removes it, so adopting a
+value over an unconfirmed first value moves AWSCURRENT onto the adopted one.
+
+Exclusion between processes comes only from the engine's per-secret lease: AWS
+has no compare-and-set on labels. `put_pending` checks before and after its
+write and serialises writers inside one process, which catches most mistakes
+but cannot stop two processes that both skip the lease.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import boto3
@@ -26,7 +31,7 @@ from botocore.exceptions import ClientError
 from pydantic import Field
 
 from rotator.credential import Credential
-from rotator.errors import ConfigError, StoreError
+from rotator.errors import ConfigError, StoreError, TransientError
 from rotator.stores.aws_errors import aws_errors
 from rotator.stores.base import SecretStore, SecretVersion, Stage, StoreConfig, StoreContext
 
@@ -45,6 +50,9 @@ CLIENT_CONFIG = Config(
 )
 
 Versions = dict[str, list[str]]
+
+#: AWS's bounds for ClientRequestToken (the run id, which becomes the version id).
+TOKEN_LENGTH = range(32, 65)
 
 
 class AwsSecretsManagerConfig(StoreConfig):
@@ -142,11 +150,12 @@ class AwsSecretsManagerStore(SecretStore):
                 f"with `aws secretsmanager restore-secret --secret-id {path}` or use another path"
             )
         stages = answer.get("VersionIdsToStages") or {}
-        return {str(vid): list(labels) for vid, labels in stages.items()}
+        return {str(vid): list(labels) for vid, labels in stages.items() if labels}
 
     # -- writing ------------------------------------------------------------------
 
     def put_pending(self, path: str, credential: Credential, token: str) -> SecretVersion:
+        self._check_token(path, token)
         values = list(credential.secret_values())
         with self._lock(path), aws_errors(self.name, path, values):
             versions = self._versions(path)
@@ -159,8 +168,10 @@ class AwsSecretsManagerStore(SecretStore):
             if holder is not None:
                 raise StoreError(f"store {self.name!r}: {path!r} already has a PENDING version")
             self._put(path, credential, token, PENDING)
-            after = self._versions(path) or {}
-            if _holder(after, PENDING) != token:  # another writer moved the label since
+            holder = _holder(self._versions(path) or {}, PENDING)
+            if holder is None:  # AWS ignored the put: the token's version exists, unlabelled
+                raise self._spent(path, token)
+            if holder != token:  # another writer moved the label since
                 raise StoreError(
                     f"store {self.name!r}: concurrent write to {path!r}; another run owns PENDING"
                 )
@@ -169,11 +180,29 @@ class AwsSecretsManagerStore(SecretStore):
     def _same_token(self, path: str, token: str, labels: list[str]) -> SecretVersion:
         """A replayed put: the version this token wrote, while it is still PENDING."""
         if PENDING not in labels:
+            raise self._spent(path, token)
+        try:
+            answer = self._get(path, VersionId=token)
+        except _NotFound:  # deleted between DescribeSecret and GetSecretValue
             raise StoreError(
-                f"store {self.name!r}: token {token} at {path!r} was spent on a "
-                "version that is no longer PENDING"
+                f"store {self.name!r}: version {token} at {path!r} disappeared while it was "
+                "read (deleted outside rotator?); check the secret and run the rotation again"
+            ) from None
+        return self._version(path, answer, Stage.PENDING)
+
+    def _spent(self, path: str, token: str) -> StoreError:
+        return StoreError(
+            f"store {self.name!r}: token {token} at {path!r} was spent on a "
+            "version that is no longer PENDING"
+        )
+
+    def _check_token(self, path: str, token: str) -> None:
+        """AWS takes 32 to 64 characters; say so before a vague parameter error."""
+        if len(token) not in TOKEN_LENGTH:
+            raise StoreError(
+                f"store {self.name!r}: run id {token!r} for {path!r} has {len(token)} "
+                "characters; AWS needs 32 to 64 (a UUID, as beat and the CLI use)"
             )
-        return self._version(path, self._get(path, VersionId=token), Stage.PENDING)
 
     def _create(self, path: str) -> None:
         """A new secret with no value, so no version holds AWSCURRENT before a put."""
@@ -198,60 +227,80 @@ class AwsSecretsManagerStore(SecretStore):
                 raise StoreError(f"store {self.name!r}: version {version_id} is not PENDING")
             old = _holder(versions, CURRENT)
             if old != version_id:
+                # AWSPREVIOUS first: AWS would move it with AWSCURRENT, a server that does not
+                # would lose it to a crash between the two moves (a re-run skips the move).
+                if old is not None and PREVIOUS not in versions[old]:
+                    self._move(path, PREVIOUS, old, _holder(versions, PREVIOUS))
                 self._move(path, CURRENT, version_id, old)
-                # AWS moves AWSPREVIOUS to the old CURRENT itself; make sure wherever we run.
-                if old is not None and PREVIOUS not in (self._versions(path) or {}).get(old, []):
-                    self._move(path, PREVIOUS, old, _holder(self._versions(path) or {}, PREVIOUS))
             self._unlabel(path, PENDING, version_id)
 
     def discard_pending(self, path: str, version_id: str) -> None:
         with self._lock(path), aws_errors(self.name, path):
-            labels = (self._versions(path) or {}).get(version_id, [])
-            if PENDING not in labels:
+            versions = self._versions(path) or {}
+            if PENDING not in versions.get(version_id, []):
                 return
-            if CURRENT in labels:
-                self._drop_first_value(path, version_id)
-            self._unlabel(path, PENDING, version_id)
+            if CURRENT in versions[version_id]:
+                raise self._pending_holds_current(path, version_id, versions)
+            self._discard(path, version_id, versions[version_id])
 
-    def _drop_first_value(self, path: str, version_id: str) -> None:
-        """A new secret's only value got AWSCURRENT from AWS: take it away before PENDING."""
-        versions = self._versions(path) or {}
-        if any(labels for vid, labels in versions.items() if vid != version_id):
-            raise StoreError(
+    def _discard(self, path: str, version_id: str, labels: list[str]) -> None:
+        """Drop PENDING, and a PREVIOUS AWS put on an unconfirmed first value (then PENDING)."""
+        if PREVIOUS in labels:
+            self._unlabel(path, PREVIOUS, version_id)
+        self._unlabel(path, PENDING, version_id)
+
+    def _pending_holds_current(self, path: str, version_id: str, versions: Versions) -> StoreError:
+        """AWSCURRENT can only move: a PENDING that also holds it cannot just be dropped."""
+        if not _first_value(versions, version_id):
+            return StoreError(
                 f"store {self.name!r}: version {version_id} at {path!r} was being promoted; "
                 "finish the rotation instead of dropping it"
             )
-        self._unlabel(path, CURRENT, version_id)
-        if PREVIOUS in (self._versions(path) or {}).get(version_id, []):
-            self._unlabel(path, PREVIOUS, version_id)  # some servers move it there
+        return StoreError(
+            f"store {self.name!r}: version {version_id} is the first value of {path!r} and "
+            "AWS cannot take AWSCURRENT off it; replace it with a working value using "
+            "`rotator put <secret> --replace-pending`"
+        )
 
     def put_current(
         self, path: str, credential: Credential, token: str, replace_pending: bool = False
     ) -> SecretVersion:
         """Adoption: the value becomes AWSCURRENT in one put; AWS moves AWSPREVIOUS itself."""
+        self._check_token(path, token)
         values = list(credential.secret_values())
-        with aws_errors(self.name, path, values):
-            with self._lock(path):
-                versions = self._versions(path)
-                if versions is None:
-                    self._create(path)
-                    versions = {}
-                pending = _holder(versions, PENDING)
+        with self._lock(path), aws_errors(self.name, path, values):
+            versions = self._versions(path)
+            if versions is None:
+                self._create(path)
+                versions = {}
+            pending, unconfirmed = _holder(versions, PENDING), None
             if pending is not None and pending != token:
                 if not replace_pending:
                     raise StoreError(f"store {self.name!r}: {path!r} has a PENDING version")
-                self.discard_pending(path, pending)
-            with self._lock(path):
-                self._put_current(path, credential, token)
+                if CURRENT in versions[pending]:
+                    if not _first_value(versions, pending):
+                        raise self._pending_holds_current(path, pending, versions)
+                    unconfirmed = pending  # AWS moves AWSCURRENT off it with the put
+                else:
+                    self._discard(path, pending, versions[pending])
+            self._put_current(path, credential, token, unconfirmed)
         return SecretVersion(token, credential, Stage.CURRENT, token)
 
-    def _put_current(self, path: str, credential: Credential, token: str) -> None:
+    def _put_current(
+        self, path: str, credential: Credential, token: str, unconfirmed: str | None
+    ) -> None:
+        """Put under AWSCURRENT, then tidy: PREVIOUS stays off an unconfirmed first value.
+
+        Order for replays after a crash: the unconfirmed value keeps AWSPENDING until last,
+        so a re-run sees it as a PENDING to discard (`_discard`) and finishes the tidy-up.
+        """
         versions = self._versions(path) or {}
         if CURRENT in versions.get(token, []) and PENDING not in versions[token]:
             return  # a replayed adoption
         old = _holder(versions, CURRENT)
-        # AWSPREVIOUS belongs on the old CURRENT; with none, it stays where it was.
-        wanted = old if old not in (None, token) else _holder(versions, PREVIOUS)
+        # AWSPREVIOUS belongs on the old confirmed CURRENT; with none, it stays where it was.
+        confirmed = old not in (None, token, unconfirmed)
+        wanted = old if confirmed else _holder(versions, PREVIOUS)
         self._put(path, credential, token, CURRENT)
         after = self._versions(path) or {}
         for stale in [v for v, labels in after.items() if CURRENT in labels and v != token]:
@@ -263,6 +312,8 @@ class AwsSecretsManagerStore(SecretStore):
             self._move(path, PREVIOUS, wanted, holder)
         elif holder != wanted and holder is not None:
             self._unlabel(path, PREVIOUS, holder)
+        if unconfirmed is not None and PENDING in (self._versions(path) or {}).get(unconfirmed, []):
+            self._unlabel(path, PENDING, unconfirmed)
 
     def _put(self, path: str, credential: Credential, token: str, label: str) -> None:
         """A new version under `label`; a token AWS already holds for another value is spent."""
@@ -285,14 +336,34 @@ class AwsSecretsManagerStore(SecretStore):
 
     def _move(self, path: str, label: str, to: str, away_from: str | None) -> None:
         options = {"RemoveFromVersionId": away_from} if away_from and away_from != to else {}
-        self.client.update_secret_version_stage(
-            SecretId=path, VersionStage=label, MoveToVersionId=to, **options
-        )
+        try:
+            self.client.update_secret_version_stage(
+                SecretId=path, VersionStage=label, MoveToVersionId=to, **options
+            )
+        except ClientError as exc:
+            self._settled(exc, path, label, lambda labels: label in labels.get(to, []))
 
     def _unlabel(self, path: str, label: str, version_id: str) -> None:
-        self.client.update_secret_version_stage(
-            SecretId=path, VersionStage=label, RemoveFromVersionId=version_id
-        )
+        try:
+            self.client.update_secret_version_stage(
+                SecretId=path, VersionStage=label, RemoveFromVersionId=version_id
+            )
+        except ClientError as exc:
+            self._settled(exc, path, label, lambda labels: label not in labels.get(version_id, []))
+
+    def _settled(
+        self, exc: ClientError, path: str, label: str, done: Callable[[Versions], bool]
+    ) -> None:
+        """A label move AWS called invalid: done already when botocore retried after a lost
+        answer (the retry names a RemoveFromVersionId that no longer holds the label)."""
+        if exc.response.get("Error", {}).get("Code") != "InvalidParameterException":
+            raise exc
+        if done(self._versions(path) or {}):
+            return
+        raise TransientError(
+            f"store {self.name!r}: the labels of {path!r} changed while {label} moved; "
+            "the step runs again from the labels it reads then"
+        ) from None
 
     def _lock(self, path: str) -> threading.Lock:
         with self._locks_guard:
@@ -301,6 +372,11 @@ class AwsSecretsManagerStore(SecretStore):
 
 class _NotFound(Exception):
     """No secret at the path, or no version holding the label."""
+
+
+def _first_value(versions: Versions, version_id: str) -> bool:
+    """The only labelled version: a new secret's first value, AWSCURRENT by AWS's rule."""
+    return not any(labels for vid, labels in versions.items() if vid != version_id)
 
 
 def _holder(versions: Versions, label: str) -> str | None:

@@ -7,6 +7,7 @@ The store-independent rules are in test_store_conformance.py.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import secrets
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from pydantic import ValidationError
@@ -153,11 +155,11 @@ def test_a_pending_label_set_outside_rotator_is_not_moved(
     assert "AWSPENDING" in labels(aws, path)[theirs]
 
 
-@pytest.mark.parametrize("crash_at", [1, 2])
+@pytest.mark.parametrize("crash_at", [1, 2, 3])
 def test_promote_finishes_after_a_crash_between_its_calls(
     moto_endpoint: str, aws: Any, path: str, crash_at: int
 ) -> None:
-    """A crash after moving AWSCURRENT (1) or removing AWSPENDING (2); another process redoes it."""
+    """A crash after setting AWSPREVIOUS (1), moving AWSCURRENT (2) or removing AWSPENDING (3)."""
     setup = make_store(moto_endpoint)
     old, run = token(), token()
     setup.put_current(path, value(), old)
@@ -167,7 +169,7 @@ def test_promote_finishes_after_a_crash_between_its_calls(
 
     with pytest.raises(Crash):
         dying.promote(path, run)
-    if crash_at == 1:
+    if crash_at == 2:
         assert labels(aws, path) == {old: ["AWSPREVIOUS"], run: ["AWSCURRENT", "AWSPENDING"]}
         assert setup.read(path, Stage.CURRENT) is None  # not CURRENT to rotator until finished
 
@@ -180,48 +182,106 @@ def test_promote_finishes_after_a_crash_between_its_calls(
     assert current is not None and current.token == run
 
 
-def test_previous_is_set_where_a_server_did_not_move_it(
-    store: AwsSecretsManagerStore, aws: Any, path: str
+def test_previous_survives_a_crash_on_a_server_that_does_not_move_it(
+    moto_endpoint: str, aws: Any, path: str
 ) -> None:
-    """AWS moves AWSPREVIOUS with AWSCURRENT; where it stayed behind, promote moves it."""
-    first, second, run = token(), token(), token()
-    store.put_current(path, value(), first)
-    store.put_pending(path, value(), second)
-    store.promote(path, second)
-    store.put_pending(path, value(), run)
-    undone: list[str] = []
+    """AWSPREVIOUS is set before AWSCURRENT moves, so dying right after the move loses nothing.
 
-    def server_leaves_previous(**_: Any) -> None:
-        """Put AWSPREVIOUS back on `first` right after AWSCURRENT moved, once."""
-        if not undone:
-            undone.append("yes")
+    The hook plays a server that leaves AWSPREVIOUS where it was when AWSCURRENT moves, then
+    the process dies; a re-run sees AWSCURRENT moved already and only removes AWSPENDING.
+    """
+    setup = make_store(moto_endpoint)
+    first, second, run = token(), token(), token()
+    setup.put_current(path, value(), first)
+    setup.put_pending(path, value(), second)
+    setup.promote(path, second)
+    setup.put_pending(path, value(), run)
+    dying = make_store(moto_endpoint)
+    before: dict[str, list[str]] = {}
+
+    def remember(params: dict[str, Any], **_: Any) -> None:
+        if params.get("VersionStage") == "AWSCURRENT":
+            before.update(labels(aws, path))
+
+    def server_leaves_previous_then_crash(http_response: Any, **_: Any) -> None:
+        if not before:
+            return
+        was = next(vid for vid, found in before.items() if "AWSPREVIOUS" in found)
+        now = next(vid for vid, found in labels(aws, path).items() if "AWSPREVIOUS" in found)
+        if was != now:
             aws.update_secret_version_stage(
                 SecretId=path,
                 VersionStage="AWSPREVIOUS",
-                MoveToVersionId=first,
-                RemoveFromVersionId=second,
+                MoveToVersionId=was,
+                RemoveFromVersionId=now,
             )
+        raise Crash("crash after moving AWSCURRENT")
 
-    store.client.meta.events.register(
-        "after-call.secretsmanager.UpdateSecretVersionStage", server_leaves_previous
+    events = dying.client.meta.events
+    events.register("provide-client-params.secretsmanager.UpdateSecretVersionStage", remember)
+    events.register(
+        "after-call.secretsmanager.UpdateSecretVersionStage", server_leaves_previous_then_crash
     )
 
-    store.promote(path, run)
+    with pytest.raises(Crash):
+        dying.promote(path, run)
+    make_store(moto_endpoint).promote(path, run)
 
     assert labels(aws, path) == {second: ["AWSPREVIOUS"], run: ["AWSCURRENT"]}
 
 
-def test_discarding_a_new_secrets_first_value_leaves_no_current(
+def record_label_calls(store: AwsSecretsManagerStore, aws: Any, path: str) -> list[Any]:
+    """Each UpdateSecretVersionStage the store sends, with the labels just before it."""
+    calls: list[Any] = []
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        calls.append((dict(params), labels(aws, path)))
+
+    store.client.meta.events.register(
+        "provide-client-params.secretsmanager.UpdateSecretVersionStage", record
+    )
+    return calls
+
+
+def test_adopting_over_a_new_secrets_first_value_moves_current_onto_the_adopted_value(
     store: AwsSecretsManagerStore, aws: Any, path: str
 ) -> None:
-    run = token()
-    store.put_pending(path, value(), run)
+    """AWS can move AWSCURRENT but never remove it from its only holder: adoption moves it."""
+    first, adopt, given = token(), token(), value()
+    store.put_pending(path, value(), first)  # the first value: AWSCURRENT + AWSPENDING
+    calls = record_label_calls(store, aws, path)
 
-    store.discard_pending(path, run)
-    store.discard_pending(path, run)
+    store.put_current(path, given, adopt, replace_pending=True)
+    store.put_current(path, given, adopt, replace_pending=True)  # a replay changes nothing
 
-    assert labels(aws, path) == {}
-    assert all(store.read(path, stage) is None for stage in Stage)
+    found = labels(aws, path)
+    assert found[adopt] == ["AWSCURRENT"]
+    assert "AWSPENDING" not in found.get(first, [])
+    current = store.read(path, Stage.CURRENT)
+    assert current is not None and current.token == adopt and current.credential == given
+    assert store.read(path, Stage.PENDING) is None
+    for params, seen in calls:
+        only_current = [vid for vid, stages in seen.items() if "AWSCURRENT" in stages]
+        removed_from = params.get("RemoveFromVersionId")
+        assert not (
+            [removed_from] == only_current
+            and params["VersionStage"] == "AWSCURRENT"
+            and "MoveToVersionId" not in params
+        ), f"AWSCURRENT removed from its only holder: {params}"
+
+
+def test_discarding_a_new_secrets_first_value_says_to_replace_it(
+    store: AwsSecretsManagerStore, aws: Any, path: str
+) -> None:
+    first = token()
+    store.put_pending(path, value(), first)
+    calls = record_label_calls(store, aws, path)
+
+    with pytest.raises(StoreError, match=r"first value.*rotator put .*--replace-pending"):
+        store.discard_pending(path, first)
+
+    assert calls == []
+    assert labels(aws, path) == {first: ["AWSCURRENT", "AWSPENDING"]}
 
 
 def test_adoption_over_a_pending_with_replace(
@@ -296,6 +356,164 @@ def test_unreachable_endpoint_is_transient_and_building_needs_no_network() -> No
         store.check()
 
     assert new.password is not None and new.password not in str(caught.value)
+
+
+# -- lost answers, replays and vanished versions ---------------------------------------
+
+
+@pytest.fixture
+def lossy_proxy(moto_endpoint: str) -> Iterator[Callable[[str, str], str]]:
+    """A proxy to moto that applies the first matching call but loses its answer.
+
+    botocore's standard retry mode then sends the same request again, as it would after a
+    dropped connection to AWS.
+    """
+    servers: list[ThreadingHTTPServer] = []
+    target = urlparse(moto_endpoint)
+
+    def start(operation: str, body_has: str) -> str:
+        dropped: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                upstream = http.client.HTTPConnection(str(target.hostname), target.port)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                upstream.request("POST", self.path, body, headers)
+                answer = upstream.getresponse()
+                data = answer.read()
+                called = self.headers.get("X-Amz-Target", "").split(".")[-1]
+                if called == operation and body_has.encode() in body and not dropped:
+                    dropped.append(called)
+                    self.close_connection = True
+                    return  # applied upstream; the client never hears back
+                self.send_response(answer.status)
+                for key, header in answer.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, header)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_promote_survives_a_lost_answer_to_the_current_move(
+    store: AwsSecretsManagerStore, aws: Any, path: str, lossy_proxy: Callable[[str, str], str]
+) -> None:
+    """The retried move names a RemoveFromVersionId that lost AWSCURRENT: already done."""
+    old, run = token(), token()
+    store.put_current(path, value(), old)
+    store.put_pending(path, value(), run)
+    endpoint = lossy_proxy("UpdateSecretVersionStage", '"VersionStage": "AWSCURRENT"')
+
+    make_store(endpoint).promote(path, run)
+
+    assert labels(aws, path) == {old: ["AWSPREVIOUS"], run: ["AWSCURRENT"]}
+    current = store.read(path, Stage.CURRENT)
+    assert current is not None and current.token == run
+
+
+def test_discard_survives_a_lost_answer_to_removing_pending(
+    store: AwsSecretsManagerStore, aws: Any, path: str, lossy_proxy: Callable[[str, str], str]
+) -> None:
+    old, run = token(), token()
+    store.put_current(path, value(), old)
+    store.put_pending(path, value(), run)
+    endpoint = lossy_proxy("UpdateSecretVersionStage", '"VersionStage": "AWSPENDING"')
+
+    make_store(endpoint).discard_pending(path, run)
+
+    assert labels(aws, path) == {old: ["AWSCURRENT"]}
+    assert store.read(path, Stage.PENDING) is None
+
+
+def test_a_label_move_that_really_failed_is_retried_by_the_engine(
+    store: AwsSecretsManagerStore, aws: Any, path: str
+) -> None:
+    """InvalidParameterException with the move not done: transient, the step re-reads."""
+    old, run = token(), token()
+    store.put_current(path, value(), old)
+    store.put_pending(path, value(), run)
+
+    def someone_moves_current(params: dict[str, Any], **_: Any) -> None:
+        """Between the store's read and its move of AWSCURRENT, another writer puts a value."""
+        if params.get("VersionStage") == "AWSCURRENT":
+            aws.put_secret_value(SecretId=path, ClientRequestToken=token(), SecretString="{}")
+
+    store.client.meta.events.register(
+        "provide-client-params.secretsmanager.UpdateSecretVersionStage", someone_moves_current
+    )
+
+    with pytest.raises(TransientError, match=r"store 'aws-prod'.*labels of .* changed"):
+        store.promote(path, run)
+
+
+def test_a_replay_whose_version_vanished_mid_read_is_a_store_error(
+    store: AwsSecretsManagerStore, aws: Any, path: str
+) -> None:
+    """Deleted between DescribeSecret and GetSecretValue: a named error, not a traceback."""
+    run, new = token(), value()
+    store.put_current(path, value(), token())
+    store.put_pending(path, new, run)
+
+    def delete_it(**_: Any) -> None:
+        aws.delete_secret(SecretId=path, ForceDeleteWithoutRecovery=True)
+
+    store.client.meta.events.register("after-call.secretsmanager.DescribeSecret", delete_it)
+
+    with pytest.raises(StoreError, match=r"store 'aws-prod'.*disappeared") as caught:
+        store.put_pending(path, new, run)
+
+    assert path in str(caught.value) and caught.value.__cause__ is None
+
+
+def test_a_replay_of_a_discarded_version_with_the_same_value_is_spent(
+    store: AwsSecretsManagerStore, aws: Any, path: str
+) -> None:
+    """AWS ignores a put repeating a token and its value; the version stays unlabelled.
+
+    moto lists unlabelled versions in VersionIdsToStages with no labels; AWS leaves them out,
+    which the hook reproduces on the store's client.
+    """
+
+    def answer_like_aws(parsed: dict[str, Any], **_: Any) -> None:
+        stages = parsed.get("VersionIdsToStages", {})
+        parsed["VersionIdsToStages"] = {vid: found for vid, found in stages.items() if found}
+
+    store.client.meta.events.register("after-call.secretsmanager.DescribeSecret", answer_like_aws)
+    run, new = token(), value()
+    store.put_current(path, value(), token())
+    store.put_pending(path, new, run)
+    store.discard_pending(path, run)
+
+    with pytest.raises(StoreError, match="was spent"):
+        store.put_pending(path, new, run)
+
+    assert store.read(path, Stage.PENDING) is None
+
+
+@pytest.mark.parametrize("run", ["celery-task-7", "x" * 65])
+def test_a_run_id_aws_cannot_take_is_refused_before_any_call(
+    store: AwsSecretsManagerStore, path: str, run: str
+) -> None:
+    with pytest.raises(StoreError, match=r"store 'aws-prod'.*AWS needs 32 to 64"):
+        store.put_pending(path, value(), run)
+    with pytest.raises(StoreError, match="32 to 64"):
+        store.put_current(path, value(), run)
+
+    assert store.read(path, Stage.CURRENT) is None
 
 
 # -- AWS answers moto cannot give ---------------------------------------------------------
