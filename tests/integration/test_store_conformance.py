@@ -224,8 +224,14 @@ def _pending_id(store: SecretStore, path: str, run: str) -> str:
     return version.version_id
 
 
-def test_racing_writers_leave_exactly_one_pending(store: SecretStore, path: str) -> None:
-    """Threads of one worker race put_pending with their own tokens: one wins, the rest fail."""
+def test_threads_sharing_one_store_instance_leave_exactly_one_pending(
+    store: SecretStore, path: str
+) -> None:
+    """Threads of one worker race put_pending on one store instance: one wins, the rest fail.
+
+    This proves the in-process serialisation only. Across processes the engine's per-secret
+    lease excludes writers; for the AWS store nothing else does (docs/stores.md, Exclusion).
+    """
     store.put_current(path, value(), token())
     contenders = [(token(), value()) for _ in range(6)]
     barrier = threading.Barrier(len(contenders))
