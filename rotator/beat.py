@@ -4,11 +4,15 @@ A `celery.beat.Scheduler` whose entries are the secrets of schedules.yaml. Due-n
 comes from history (`rotator.slots`), so restarts neither lose nor repeat a slot.
 History is read in bulk (last successes, failures, running runs and their leases)
 once per refresh, never per secret per tick; between refreshes a heap of start
-times says when to look again. Each due slot is sent once as
+times says when the leader looks again (a follower, or a beat whose last history
+read failed, waits for the periodic refresh instead). Each due slot is sent as
 `rotator.rotate(name, trigger="schedule", slot=...)` with a task id derived from
-(secret, slot). The file is re-read when its (mtime, size, inode) changes; an
-invalid file is logged and the last good schedule keeps running. Only the leader
-(`rotator.leader`) sends; a follower keeps its state fresh to take over.
+(secret, slot); a slot neither run nor freshly claimed is sent again after
+`resend_after` (a lost message, a worker that claimed it and died before recording
+its run), which the task id and the worker's claim make one rotation. The file is
+re-read when its (mtime, size, inode) changes; an invalid file is logged and the last
+good schedule keeps running. Only the leader (`rotator.leader`) sends; a follower
+keeps its state fresh to take over.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import heapq
 import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -28,7 +32,7 @@ from sqlalchemy import func, select, tuple_
 from rotator.config import Settings, load_settings
 from rotator.errors import ConfigError, RotatorError
 from rotator.history import Database, Lease, Run, SlotClaim
-from rotator.leader import Leadership, leadership_for
+from rotator.leader import Leadership, LeaseLeadership, leadership_for
 from rotator.logging import configure_logging
 from rotator.runtime import open_database
 from rotator.schedule import Plan, SecretSpec, load_plan
@@ -57,6 +61,9 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
     refresh_interval = 60.0
     #: The leader lock lives this many beat intervals without an extension.
     leader_ttl_intervals = 3.0
+    #: Send an unclaimed (or orphan-claimed) slot again after this many seconds;
+    #: None: the rotation lease TTL plus two refresh intervals.
+    resend_after: float | None = None
 
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         # No I/O here: `celery beat --detach` and `inspect` build lazy instances.
@@ -67,7 +74,10 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
         self._leader: Leadership | None = None
         self._slots: dict[str, Slot] = {}
         self._busy: set[str] = set()
-        self._sent: dict[str, str] = {}
+        #: The slot last sent per secret, and when (time.monotonic()).
+        self._sent: dict[str, tuple[str, float]] = {}
+        self._leading = False
+        self._refresh_failed = False
         self._first_seen: dict[str, datetime] = {}
         #: The history state each slot was computed from, reused while both stand.
         self._known: dict[str, tuple[SecretState, Slot]] = {}
@@ -82,6 +92,8 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
         """Settings, logging, the plan and the history database; failures retry at tick."""
         self._settings = load_settings()
         self.refresh_interval = min(self.refresh_interval, max(5 * self.max_interval, 1.0))
+        if self.resend_after is None:
+            self.resend_after = self._settings.lease_ttl_seconds + 2 * self.refresh_interval
         self._maybe_reload()
         self._connect()
 
@@ -133,34 +145,62 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
     # -- the work of a tick --------------------------------------------------------
 
     def _tick(self, leading: bool) -> None:
-        now = time.time()
-        due = bool(self._due) and self._due[0][0] <= now
-        if (due or time.monotonic() >= self._next_refresh) and not self._refresh():
+        self._leading = leading
+        if (self._head_due() or time.monotonic() >= self._next_refresh) and not self._refresh():
             return
         if leading:
             self._send_due()
 
+    def _head_due(self) -> bool:
+        """The first queued slot may start and this beat sends it (after a good read).
+
+        Only the leader's sends empty the queue: a follower, or a leader whose last
+        history read failed, waits for `_next_refresh` instead of re-reading each tick.
+        """
+        if not self._leading or self._refresh_failed or not self._due:
+            return False
+        return self._due[0][0] <= time.time()
+
     def _wait(self) -> float:
-        """Seconds until the next start time or refresh, at most max_interval."""
+        """Seconds until the leader's next start time or the next refresh, at most max_interval."""
         waits = [float(self.max_interval), self._next_refresh - time.monotonic()]
-        if self._due:
+        if self._leading and not self._refresh_failed and self._due:
             waits.append(self._due[0][0] - time.time())
         return max(min(waits), 0.05)
 
+    def _sent_recently(self, name: str, slot_id: str, now: float) -> bool:
+        """This beat sent `slot_id` of `name` less than `resend_after` ago."""
+        sent = self._sent.get(name)
+        return sent is not None and sent[0] == slot_id and now - sent[1] < self._resend_seconds()
+
+    def _resend_seconds(self) -> float:
+        return self.resend_after if self.resend_after is not None else 0.0
+
     def _connect(self) -> None:
+        """The history database and the leadership; any failure is logged, retried at tick."""
         assert self._settings is not None
         try:
             self._database = open_database(self._settings)
-        except RotatorError as exc:
-            log.error("beat.history_unavailable", error=str(exc))
+        except Exception as exc:  # beat must live: a bad URL is logged, not fatal
+            error = str(exc) if isinstance(exc, RotatorError) else f"{type(exc).__name__}: {exc}"
+            log.error("beat.history_unavailable", error=error[:300])
             return
         ttl = max(self.leader_ttl_intervals * self.max_interval, 5.0)
         broker = str(self.app.conf.broker_url or "")
-        self._leader = leadership_for(broker, self._database, ttl)
+        try:
+            self._leader = leadership_for(broker, self._database, ttl)
+        except Exception as exc:  # an unusable Redis URL: lead through the history lease
+            log.error(
+                "beat.leadership_fallback",
+                error=f"{type(exc).__name__}: {exc}"[:300],
+                detail="leading through the history database's lease; check the broker URL",
+            )
+            self._leader = LeaseLeadership(self._database, ttl)
 
     def _refresh(self) -> bool:
         """Bulk-read history and recompute every slot; False (logged) on a history outage."""
         plan, database = self._plan, self._database
+        self._refresh_failed = True
         if plan is None or database is None:
             return False
         self._next_refresh = time.monotonic() + self.refresh_interval
@@ -170,6 +210,7 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
             log.error("beat.history_unavailable", error=type(exc).__name__, detail=str(exc)[:200])
             self._next_refresh = time.monotonic() + self.max_interval
             return False
+        self._refresh_failed = False
         now = datetime.now(UTC)
         self._busy = busy & plan.secrets.keys()
         slots: dict[str, Slot] = {}
@@ -191,33 +232,35 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
                     continue
             self._known[name] = (state, slots[name])
         self._slots = slots
-        # Sent slots and held secrets wait for the next refresh, not for every tick.
+        # Held secrets and slots sent lately wait for a later refresh, not for every tick.
+        mono = time.monotonic()
         self._due = [
             (s.start_at.timestamp(), n, s.slot)
             for n, s in slots.items()
-            if n not in self._busy and self._sent.get(n) != s.slot
+            if n not in self._busy and not self._sent_recently(n, s.slot, mono)
         ]
         heapq.heapify(self._due)
         return True
 
     def _send_due(self) -> None:
-        """Send every slot whose start has come, unless busy, sent or claimed already."""
-        now = time.time()
+        """Send every slot whose start has come, unless busy, sent lately or claimed."""
+        now, mono = time.time(), time.monotonic()
         ready: list[Slot] = []
         while self._due and self._due[0][0] <= now:
             _, name, slot_id = heapq.heappop(self._due)
             slot = self._slots.get(name)
             if slot is None or slot.slot != slot_id:
                 continue
-            if name in self._busy or self._sent.get(name) == slot_id:
+            if name in self._busy or self._sent_recently(name, slot_id, mono):
                 continue
             ready.append(slot)
         if not ready or self._database is None:
             return
-        claimed = claimed_slots(self._database, [(s.secret, s.slot) for s in ready])
+        orphan_age = timedelta(seconds=self._resend_seconds())
+        claimed = claimed_slots(self._database, [(s.secret, s.slot) for s in ready], orphan_age)
         for slot in ready:
             if (slot.secret, slot.slot) in claimed:
-                self._sent[slot.secret] = slot.slot
+                self._sent[slot.secret] = (slot.slot, mono)  # looked at again after resend_after
                 continue
             try:
                 self._send(slot)
@@ -234,7 +277,7 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
             producer=self.producer,
             headers={"celery_beat_task": True},
         )
-        self._sent[slot.secret] = slot.slot
+        self._sent[slot.secret] = (slot.slot, time.monotonic())
         log.info(
             "beat.sent",
             secret=slot.secret,
@@ -368,16 +411,28 @@ def load_states(
     return states, busy
 
 
-def claimed_slots(database: Database, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which (secret, slot) pairs a worker has claimed already (in chunks of IN lists)."""
+def claimed_slots(
+    database: Database, pairs: list[tuple[str, str]], orphan_age: timedelta
+) -> set[tuple[str, str]]:
+    """Which (secret, slot) pairs a worker has taken: claimed by a recorded run, or lately.
+
+    A claim whose run was never recorded (the worker died or gave up between claiming and
+    starting the run) is an orphan once older than `orphan_age`: the slot is sent again
+    under the same task id, and the worker's claim grants it again to that run id.
+    """
     claimed: set[tuple[str, str]] = set()
+    fresh_since = datetime.now(UTC) - orphan_age
     with database.session() as session:
         for start in range(0, len(pairs), _CHUNK):
             chunk = pairs[start : start + _CHUNK]
             rows = session.execute(
-                select(SlotClaim.secret, SlotClaim.slot).where(
-                    tuple_(SlotClaim.secret, SlotClaim.slot).in_(chunk)
-                )
+                select(SlotClaim.secret, SlotClaim.slot, SlotClaim.claimed_at, Run.id)
+                .outerjoin(Run, Run.id == SlotClaim.run_id)
+                .where(tuple_(SlotClaim.secret, SlotClaim.slot).in_(chunk))
             ).all()
-            claimed.update((secret, slot) for secret, slot in rows)
+            claimed.update(
+                (secret, slot)
+                for secret, slot, claimed_at, run_id in rows
+                if run_id is not None or claimed_at > fresh_since
+            )
     return claimed

@@ -1,8 +1,10 @@
 """One active beat: the others tick but send nothing.
 
 With a Redis broker the leader holds a redis-py `Lock` with a timeout, extended on
-every tick and taken again when lost; otherwise it holds the history database's
-lease of a reserved name (`beat:leader`). Leadership only saves work: a slot sent
+every tick and taken again when lost; a Redis error leaves the lock ours (the next
+tick extends it with the same token), only a lock found not ours is lost. Otherwise
+it holds the history database's lease of a reserved name (`beat:leader`, refused as
+a secret name by schedules.yaml validation). Leadership only saves work: a slot sent
 twice is one Celery task id and one claimed (secret, slot) in the worker.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from typing import Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import structlog
 from redis import Redis
@@ -19,11 +22,12 @@ from redis.lock import Lock
 
 from rotator.history import Database
 from rotator.locks import LeaseManager
+from rotator.schedule import BEAT_LEASE_NAME
 
 log = structlog.get_logger("rotator.beat")
 
-#: The lease name in the history database, reserved for beat (a secret must not use it).
-LEASE_NAME = "beat:leader"
+#: The lease name in the history database, reserved for beat (validation refuses it).
+LEASE_NAME = BEAT_LEASE_NAME
 REDIS_KEY = "rotator:beat:leader"
 
 
@@ -45,21 +49,26 @@ class RedisLeadership:
         self._held = False
 
     def ensure(self) -> bool:
+        """Extend the lock we hold, or take it; False (lock kept) when Redis fails this tick.
+
+        A timeout may hide a write that happened: dropping our token then would leave
+        our own key blocking every beat, ourselves included, for a whole TTL.
+        """
         try:
             if self._held:
                 try:
                     self._lock.extend(self.ttl, replace_ttl=True)
                     return True
-                except LockError:
+                except LockError:  # LockNotOwnedError: expired or taken by another beat
                     self._held = False
                     log.warning("beat.leadership_lost", key=self._lock.name)
             self._held = bool(self._lock.acquire(blocking=False))
             if self._held:
                 log.info("beat.leader", key=self._lock.name)
+            return self._held
         except RedisError as exc:
             log.warning("beat.leadership_unknown", error=type(exc).__name__)
-            self._held = False
-        return self._held
+            return False
 
     def release(self) -> None:
         if self._held:
@@ -105,5 +114,15 @@ class LeaseLeadership:
 def leadership_for(broker_url: str, database: Database, ttl: float) -> Leadership:
     """Redis locking when the broker is Redis, else the history database's lease."""
     if broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
-        return RedisLeadership(broker_url, ttl)
+        return RedisLeadership(redis_client_url(broker_url), ttl)
     return LeaseLeadership(database, ttl)
+
+
+def redis_client_url(broker_url: str) -> str:
+    """redis-py's spelling of a kombu Redis URL: kombu's `redis+socket://` is `unix://`."""
+    if not broker_url.startswith("redis+socket://"):
+        return broker_url
+    parts = urlsplit(broker_url)
+    query = [("db" if k == "virtual_host" else k, v) for k, v in parse_qsl(parts.query)]
+    suffix = f"?{urlencode(query)}" if query else ""
+    return f"unix://{parts.netloc}{parts.path}{suffix}"  # urlunsplit would drop the "//"

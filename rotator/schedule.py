@@ -30,6 +30,9 @@ M = TypeVar("M", bound=BaseModel)
 
 #: The history database keeps secret names in VARCHAR(255) and store paths in VARCHAR(512).
 MAX_NAME_CHARS = 200
+#: The history lease beat leads by (rotator.leader): a secret of that name would be
+#: held "in progress" for good, so validation refuses it.
+BEAT_LEASE_NAME = "beat:leader"
 MAX_PATH_CHARS = 512
 #: Store types whose stores all keep versions in one place, keyed by path alone.
 _SHARED_STORE_TYPES = {"embedded": "embedded stores share one table in the history database"}
@@ -303,6 +306,9 @@ def _validate_secret(
             loc,
             f"secret name is {len(name)} characters long (expected 1 to {MAX_NAME_CHARS})",
         )
+        ok = False
+    if name == BEAT_LEASE_NAME:
+        doc.problem(loc, f"secret name {name!r} is reserved for beat's leader lease (rename it)")
         ok = False
     store = block.get("store")
     if isinstance(store, str) and store not in stores:

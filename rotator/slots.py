@@ -111,23 +111,34 @@ def _cron_slot(
 ) -> Slot:
     """The first cron time after the last success; after downtime only the latest missed one.
 
-    A secret never rotated is due at the first cron time after `first_seen`.
+    A secret never rotated is due at the first cron time after `first_seen`. When a later
+    cron time has passed too, the slot is the latest cron time whose start (with its
+    window offset) has come, so the slot only moves when its successor may start.
     """
     assert spec.cron is not None
     zone = ZoneInfo(spec.timezone)
     due = next_fire(spec.cron, zone, last_success or first_seen)
-    reason: Reason = "cron"
-    if next_fire(spec.cron, zone, due) <= now:
-        due = previous_fire(spec.cron, zone, now)
-        reason = "missed"
-    return _windowed(spec, f"cron:{_stamp(due)}", due, reason, None)
+    following = next_fire(spec.cron, zone, due)
+    if following > now:
+        return _cron_windowed(spec, due, following, "cron")
+    latest = previous_fire(spec.cron, zone, now)
+    slot = _cron_windowed(spec, latest, next_fire(spec.cron, zone, latest), "missed")
+    if slot.start_at <= now:
+        return slot
+    prior = previous_fire(spec.cron, zone, latest - timedelta(seconds=1))
+    return _cron_windowed(spec, prior, latest, "missed")
+
+
+def _cron_windowed(spec: SecretSpec, due: datetime, following: datetime, reason: Reason) -> Slot:
+    """A cron slot whose window never reaches the next cron time."""
+    return _windowed(spec, f"cron:{_stamp(due)}", due, reason, following - due)
 
 
 def _windowed(
-    spec: SecretSpec, slot: str, due: datetime, reason: Reason, period: timedelta | None
+    spec: SecretSpec, slot: str, due: datetime, reason: Reason, period: timedelta
 ) -> Slot:
-    """Offset the start inside the window (never longer than an `every:` period)."""
-    window = spec.window if period is None else min(spec.window, period)
+    """Offset the start inside the window, never as far as the schedule's next slot."""
+    window = min(spec.window, period)
     start = due + window_offset(spec.name, slot, window)
     return Slot(spec.name, slot, due, start, reason)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -18,12 +20,24 @@ from typing import Any
 import pytest
 from celery import Celery
 from redis import Redis
+from redis.exceptions import TimeoutError as RedisTimeout
+from sqlalchemy import select
 from structlog.testing import capture_logs
 
+import rotator.beat as beat_module
 from rotator.beat import YamlScheduler
 from rotator.devservers import free_port
-from rotator.history import Database, History, Run, utcnow
-from rotator.leader import REDIS_KEY, LeaseLeadership, RedisLeadership, leadership_for
+from rotator.errors import ConfigError
+from rotator.history import Database, History, Run, SlotClaim, utcnow
+from rotator.leader import (
+    LEASE_NAME,
+    REDIS_KEY,
+    LeaseLeadership,
+    RedisLeadership,
+    leadership_for,
+    redis_client_url,
+)
+from rotator.schedule import load_plan
 from rotator.slots import task_id
 from tests.conftest import SchedulesWriter
 from tests.integration.conftest import set_lease
@@ -170,16 +184,95 @@ def test_an_abandoned_run_is_resumed_and_a_live_one_is_left_alone(
     assert [(m["args"][0], m["slot"]) for m in messages] == [("dead", f"resume:{dead}:3")]
 
 
-def test_a_claimed_slot_is_not_sent_again(
+def restart(make_scheduler: SchedulerFactory) -> None:
+    """One beat process's life: start, lead (no other beat is left), tick, stop."""
+    scheduler = make_scheduler()
+    with capture_logs() as logs:
+        scheduler.tick()
+    scheduler.close()
+    assert any(e["event"] == "beat.leader" for e in logs)
+
+
+def age_claim(database: Database, secret: str, slot: str, age: timedelta) -> None:
+    with database.session() as session:
+        claim = session.scalars(
+            select(SlotClaim).where(SlotClaim.secret == secret, SlotClaim.slot == slot)
+        ).one()
+        claim.claimed_at = utcnow() - age
+
+
+def test_a_slot_claimed_by_a_recorded_run_is_not_sent_again(
+    write_schedules: SchedulesWriter,
+    make_scheduler: SchedulerFactory,
+    fresh_redis_url: str,
+    beat_env: Database,
+) -> None:
+    """However old the claim: its run is in history, so the slot was handled."""
+    write_schedules(schedules_text(secret_block("db-a")))
+    run_id = add_run(beat_env, "db-a", "skipped", timedelta(days=1))
+    assert History(beat_env).claim_slot("db-a", "first", run_id)
+    age_claim(beat_env, "db-a", "first", timedelta(days=1))
+    make_scheduler().tick()
+    assert sent(fresh_redis_url) == []
+
+
+def test_an_orphaned_slot_claim_is_sent_again_under_the_same_task_id(
+    write_schedules: SchedulesWriter,
+    make_scheduler: SchedulerFactory,
+    fresh_redis_url: str,
+    beat_env: Database,
+) -> None:
+    """A worker claimed the slot, then died or gave up before its run was recorded."""
+    write_schedules(schedules_text(secret_block("db-a")))
+    add_run(beat_env, "db-a", "succeeded", timedelta(days=3))
+    restart(make_scheduler)
+    (message,) = sent(fresh_redis_url)
+    Redis.from_url(fresh_redis_url).delete("celery")  # consumed by a worker ...
+    assert History(beat_env).claim_slot("db-a", message["slot"], message["id"])  # ... claimed
+    restart(make_scheduler)  # a fresh claim: the worker may be starting the run right now
+    assert sent(fresh_redis_url) == []
+    age_claim(beat_env, "db-a", message["slot"], timedelta(hours=1))  # no run came of it
+    restart(make_scheduler)
+    assert [(m["id"], m["slot"]) for m in sent(fresh_redis_url)] == [
+        (message["id"], message["slot"])
+    ]
+    # The worker that receives it takes the slot again under that run id.
+    assert History(beat_env).claim_slot("db-a", message["slot"], message["id"])
+
+
+def test_a_sent_message_that_is_lost_is_sent_again_by_the_running_beat(
     write_schedules: SchedulesWriter,
     make_scheduler: SchedulerFactory,
     fresh_redis_url: str,
     beat_env: Database,
 ) -> None:
     write_schedules(schedules_text(secret_block("db-a")))
-    assert History(beat_env).claim_slot("db-a", "first", "some-run")
-    make_scheduler().tick()
+    add_run(beat_env, "db-a", "succeeded", timedelta(days=3))
+    scheduler = make_scheduler()
+    scheduler.refresh_interval, scheduler.resend_after = 0.2, 1.0
+    scheduler.tick()
+    (message,) = sent(fresh_redis_url)
+    Redis.from_url(fresh_redis_url).delete("celery")  # lost: no worker ever claims it
+    time.sleep(0.3)
+    scheduler.tick()  # refreshed, but sent a moment ago: not sent again yet
     assert sent(fresh_redis_url) == []
+    time.sleep(1.0)
+    scheduler.tick()
+    assert [(m["id"], m["slot"]) for m in sent(fresh_redis_url)] == [
+        (message["id"], message["slot"])
+    ]
+
+
+def test_resending_waits_a_rotation_lease_and_two_refreshes_by_default(
+    write_schedules: SchedulesWriter,
+    make_scheduler: SchedulerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write_schedules(schedules_text(secret_block("db-a")))
+    monkeypatch.setenv("ROTATOR_LEASE_TTL_SECONDS", "30")
+    scheduler = make_scheduler()
+    assert scheduler.refresh_interval == 5.0  # 5 x beat_max_loop_interval (1 s)
+    assert scheduler.resend_after == 30.0 + 2 * 5.0
 
 
 def test_edits_take_effect_and_an_invalid_edit_keeps_the_last_good_schedule(
@@ -284,3 +377,138 @@ def test_a_lost_redis_lock_is_taken_again(fresh_redis_url: str, beat_env: Databa
     other.release()
     assert leader.ensure()
     leader.release()
+
+
+def test_a_redis_error_keeps_the_lock_and_the_next_tick_leads_again(
+    fresh_redis_url: str, beat_env: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timeout on extend is not a lost lock: our key still stands, so keep its token."""
+    leader = leadership_for(fresh_redis_url, beat_env, ttl=30)
+    other = leadership_for(fresh_redis_url, beat_env, ttl=30)
+    assert isinstance(leader, RedisLeadership) and leader.ensure()
+
+    def blip(*_: object, **__: object) -> bool:
+        raise RedisTimeout("Timeout reading from socket")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(leader._lock, "extend", blip)
+        assert not leader.ensure()  # not leading this tick: unknown
+    assert not other.ensure()  # the key is still ours
+    assert leader.ensure() and leader.ensure()
+    leader.release()
+    assert other.ensure()
+    other.release()
+
+
+def test_a_redis_socket_broker_leads_and_sends_over_the_socket(
+    beat_env: Database, tmp_path: Path, write_schedules: SchedulesWriter
+) -> None:
+    """kombu's redis+socket:// URL is redis-py's unix://: beat starts, leads and sends."""
+    assert (
+        redis_client_url("redis+socket:///run/r.sock?virtual_host=3") == "unix:///run/r.sock?db=3"
+    )
+    assert redis_client_url("redis://h:1/0") == "redis://h:1/0"
+    sock = tmp_path / "redis.sock"
+    server = subprocess.Popen(
+        ["/usr/bin/redis-server", "--port", "0", "--unixsocket", str(sock), "--save", ""],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    app = Celery("sock", set_as_current=False)
+    app.conf.update(broker_url=f"redis+socket://{sock}", task_serializer="json")
+    try:
+        client = Redis(unix_socket_path=str(sock))
+        deadline = time.monotonic() + 20
+        while not sock.exists() or not client.ping():
+            assert time.monotonic() < deadline, "redis-server did not start on its socket"
+            time.sleep(0.05)
+        write_schedules(schedules_text(secret_block("db-a")))
+        scheduler = YamlScheduler(app=app)
+        scheduler.tick()
+        assert isinstance(scheduler._leader, RedisLeadership)
+        assert client.exists(REDIS_KEY)
+        assert [m["args"] for m in sent(f"unix://{sock}")] == [["db-a"]]
+        scheduler.close()
+        client.close()
+    finally:
+        app.close()
+        server.terminate()
+        server.wait(10)
+
+
+def test_a_secret_may_not_take_beats_lease_name(write_schedules: SchedulesWriter) -> None:
+    path = write_schedules(schedules_text(secret_block(f'"{LEASE_NAME}"')))
+    with pytest.raises(ConfigError) as raised:
+        load_plan(path)
+    assert any("reserved for beat" in p for p in raised.value.problems or [str(raised.value)])
+
+
+def count_history_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts beat's bulk history reads (the real function still runs)."""
+    calls = [0]
+    real = beat_module.load_states
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(beat_module, "load_states", counted)
+    return calls
+
+
+def test_a_follower_with_a_due_slot_waits_instead_of_rereading_history(
+    write_schedules: SchedulesWriter,
+    make_scheduler: SchedulerFactory,
+    fresh_redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write_schedules(schedules_text(secret_block("db-a")))
+    leader, follower = make_scheduler(), make_scheduler()
+    leader.tick()
+    assert len(sent(fresh_redis_url)) == 1  # db-a's first slot: due, and the leader's to send
+    reads = count_history_reads(monkeypatch)
+    waits = [follower.tick() for _ in range(20)]
+    assert min(waits) > 0.5, waits  # max_interval (1 s), not a 50 ms spin
+    assert reads[0] <= 1
+    assert len(sent(fresh_redis_url)) == 1
+
+
+def test_a_leader_during_a_redis_outage_waits_too(
+    write_schedules: SchedulesWriter,
+    make_scheduler: SchedulerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write_schedules(schedules_text(secret_block("db-a")))  # due at once
+    scheduler = make_scheduler()
+    assert scheduler._leader is not None
+    scheduler._leader.release()
+    scheduler._leader = RedisLeadership(f"redis://127.0.0.1:{free_port()}/0", ttl=5)  # down
+    reads = count_history_reads(monkeypatch)
+    with capture_logs() as logs:
+        waits = [scheduler.tick() for _ in range(10)]
+    assert min(waits) > 0.5, waits
+    assert reads[0] <= 1
+    assert any(e["event"] == "beat.leadership_unknown" for e in logs)
+
+
+def test_a_leader_backs_off_a_down_history_database_with_a_slot_due(
+    write_schedules: SchedulesWriter,
+    make_scheduler: SchedulerFactory,
+    beat_env: Database,
+) -> None:
+    write_schedules(schedules_text(secret_block("db-a")))
+    add_run(beat_env, "db-a", "succeeded", timedelta(days=1) - timedelta(seconds=0.5))
+    scheduler = make_scheduler()
+    scheduler.tick()  # the slot starts within 1.5 s (window 1s)
+    time.sleep(1.6)
+    nowhere = Database(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/history")
+    scheduler._database, history = nowhere, scheduler._database  # the history DB goes down
+    try:
+        with capture_logs() as logs:
+            waits = [scheduler.tick() for _ in range(10)]
+    finally:
+        scheduler._database = history
+        nowhere.dispose()
+    outages = [e for e in logs if e["event"] == "beat.history_unavailable"]
+    assert min(waits) > 0.5, waits
+    assert len(outages) == 1, outages  # one attempt, then wait for the retry time
