@@ -181,3 +181,33 @@ def test_task_ids_are_deterministic_per_secret_and_slot(slot: str) -> None:
     assert task_id("db", slot) == task_id("db", slot)
     assert task_id("db", slot) != task_id("db2", slot)
     assert len(slot) <= 64
+
+
+TEN_MINUTES = spec(cron="*/10 * * * *", window=timedelta(hours=1))
+
+
+def test_a_cron_window_stops_at_the_next_cron_time() -> None:
+    """A 1h window on a 10-minute cron: the slot stays put and starts inside its period."""
+    state = SecretState(last_success=datetime(2026, 6, 10, 11, 55, tzinfo=UTC))
+    first = next_slot(TEN_MINUTES, state, NOW + timedelta(seconds=30))
+    assert first.due_at == NOW and NOW <= first.start_at < NOW + timedelta(minutes=10)
+    moment = NOW + timedelta(seconds=30)
+    while moment < first.start_at:  # the plan, a restarted beat and beat agree until it starts
+        later = next_slot(TEN_MINUTES, state, moment)
+        assert (later.slot, later.start_at, later.reason) == (first.slot, first.start_at, "cron")
+        moment += timedelta(seconds=20)
+    assert next_slot(TEN_MINUTES, state, first.start_at).slot == first.slot  # due, unchanged
+
+
+@pytest.mark.parametrize("name", [f"db-{i}" for i in range(12)])
+def test_after_downtime_the_missed_cron_slot_is_the_latest_that_may_start(name: str) -> None:
+    """Down from 11:55 to 12:31: 12:30 if its start (12:30 + offset) has come, else 12:20."""
+    ten = spec(name, cron="*/10 * * * *", window=timedelta(hours=1))
+    state = SecretState(last_success=datetime(2026, 6, 10, 11, 55, tzinfo=UTC))
+    now = NOW + timedelta(minutes=31)
+    slot = next_slot(ten, state, now)
+    latest = NOW + timedelta(minutes=30)
+    latest_start = latest + window_offset(name, "cron:20260610T123000Z", timedelta(minutes=10))
+    assert slot.reason == "missed" and slot.start_at <= now
+    assert slot.due_at == (latest if latest_start <= now else NOW + timedelta(minutes=20))
+    assert slot.start_at < slot.due_at + timedelta(minutes=10)
