@@ -359,7 +359,7 @@ def rotate_all(runtime: Runtime, names: list[str]) -> float:
     return (time.perf_counter() - began) / len(names)
 
 
-def lease_checked_in_memory(lease: SecretLease) -> None:
+def lease_checked_in_memory(lease: SecretLease, confirm: bool = True) -> None:
     """What-if: the renew thread's verdict only, no round trip per check."""
     if lease._lost.is_set():
         raise LockLost(f"the lease of secret {lease.secret!r} was lost to another run")

@@ -46,6 +46,9 @@ from rotator.storeset import StoreSet
 __all__ = ["Engine", "RunResult", "StepHook"]
 
 log = structlog.get_logger("rotator.engine")
+#: Run outcomes that are final: a run recorded with one of them is never run again. A failed
+#: run may be (its task retries under the same id and resumes its PENDING).
+FINISHED = frozenset({"succeeded", "rolled_back", "adopted"})
 T = TypeVar("T")
 
 #: Called after each step with its name (created, applied, tested, promoted).
@@ -123,6 +126,9 @@ class Engine:
         spec = self.plan.secret(name)
         run_id = run_id or uuid.uuid4().hex
         with self.leases.hold(name, run_id) as lease:
+            finished = self._already_finished(name, run_id)
+            if finished is not None:
+                return finished
             store = self.store_for(spec)
             resumed_id = self.settle_interrupted(spec, store, run_id)
             run_id = resumed_id or run_id
@@ -149,6 +155,15 @@ class Engine:
             return self.run(name, trigger, run_id, slot)
         except RotationInProgress as exc:
             return RunResult(run_id or "", name, "skipped", error=str(exc))
+
+    def _already_finished(self, name: str, run_id: str) -> RunResult | None:
+        """A run id that already ended (a redelivered message, a resent slot) is not run again:
+        its new credential would be generated under a spent token, and its record rewritten."""
+        recorded = self.history.get_run(run_id)
+        if recorded is None or recorded.status not in FINISHED:
+            return None
+        log.info("rotation.already_finished", secret=name, run_id=run_id, status=recorded.status)
+        return RunResult(run_id, name, recorded.status, recorded.version_id, recorded.error)
 
     def settle_interrupted(self, spec: SecretSpec, store: SecretStore, run_id: str) -> str | None:
         """The run of this secret a crash left unfinished, if any of it is left to finish.
