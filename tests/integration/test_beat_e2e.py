@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis
+from sqlalchemy import func, select
 
-from rotator.history import Run
+from rotator.history import Run, StoredVersion
 from rotator.stores import Stage
 from tests.integration.conftest import Crash, PgPlan, PgPlanFactory, crash_at
 from tests.services.celery_beat import CeleryBeat, running_beat
@@ -107,23 +111,44 @@ def test_a_scheduled_rotation_runs_on_time_through_beat_and_a_worker(
     )
 
 
+def stored_versions(plan: PgPlan, path: str = "db-0") -> int:
+    """How many versions the embedded store holds for `path`: one per rotation."""
+    with plan.runtime.database.session() as session:
+        query = select(func.count()).select_from(StoredVersion).where(StoredVersion.path == path)
+        return int(session.execute(query).scalar_one())
+
+
 def test_two_beats_on_one_redis_rotate_each_slot_once(
     pg_plan: PgPlanFactory, fresh_redis_url: str, tmp_path: Path
 ) -> None:
+    """One send per slot across both beats, and one new credential per slot."""
     plan = pg_plan(defaults={"window": "1s"})
     set_every(plan, "db-0", "5s")
     env = process_env(plan, fresh_redis_url)
-    with (
-        running_worker(env, tmp_path),
-        running_beat(env, tmp_path) as one,
-        running_beat(env, tmp_path) as two,
-    ):
-        wait_for(lambda: len(scheduled_successes(plan)) >= 3, 120, "three scheduled rotations")
-        assert one.alive() and two.alive()
-    runs = [r for r in plan.runtime.history.runs("db-0", limit=200) if r.trigger == "schedule"]
-    rotated = [r for r in runs if r.status in ("succeeded", "running", "failed", "rolled_back")]
-    slots = [r.slot for r in rotated]
-    assert len(slots) == len(set(slots)), f"a slot rotated twice: {slots}"
+    versions_before = stored_versions(plan)
+    queue = Redis.from_url(fresh_redis_url)
+    with running_worker(env, tmp_path):
+        with running_beat(env, tmp_path) as one, running_beat(env, tmp_path) as two:
+            wait_for(lambda: len(scheduled_successes(plan)) >= 3, 120, "three scheduled rotations")
+            assert one.alive() and two.alive()
+
+        def idle() -> bool:
+            return not queue.llen("celery") and not plan.runtime.history.running_runs("db-0")
+
+        wait_for(idle, 60, "the worker to finish what the beats sent")
+    queue.close()
+    sends = [(e["secret"], e["slot"]) for b in (one, two) for e in events(b, "beat.sent")]
+    repeated = {slot: n for slot, n in Counter(sends).items() if n > 1}
+    assert not repeated, f"slots sent more than once across the two beats: {repeated}"
+    succeeded = scheduled_successes(plan)
+    slots = {r.slot for r in succeeded}
+    assert len(slots) == len(succeeded) >= 3 and {("db-0", s) for s in slots} <= set(sends)
+    # One credential per slot, and no rotation between two slots: each follows the last by 5s.
+    assert len({r.version_id for r in succeeded}) == len(slots)
+    assert stored_versions(plan) - versions_before == len(slots)
+    for earlier, later in pairwise(succeeded):
+        assert earlier.finished_at is not None
+        assert later.started_at >= earlier.finished_at + timedelta(seconds=5)
     assert current_logs_in(plan)
 
 
