@@ -84,10 +84,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A lost broker connection redelivers the unacknowledged messages anyway; stop the
         # rotations they belong to rather than run them twice (the engine resumes them).
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        # The soft limit raises inside the task (the run is recorded failed, PENDING kept);
-        # the hard limit kills a process that ignored it.
+        # The soft limit raises SoftTimeLimitExceeded inside the task: the task result says
+        # failed, but the engine records nothing, so the history run stays `running` with its
+        # PENDING, to be resumed. The hard limit kills a process that ignored it.
         "task_soft_time_limit": settings.task_soft_time_limit_seconds,
         "task_time_limit": settings.task_time_limit_seconds,
+        # A hard-limit kill acknowledges the message (unlike -9, which requeues it): a rotation
+        # that always hangs must not be redelivered forever. Its run stays `running` and is
+        # finished by beat's resume slot or the next trigger. (Celery's default; set so no
+        # upgrade or edit flips it unnoticed.)
+        "task_acks_on_timeout": True,
         # `started` tells a waiting CLI that a worker has the run, not just the queue.
         "task_track_started": True,
         "result_expires": settings.result_expires_seconds,

@@ -43,12 +43,15 @@ class Settings(BaseSettings):
     broker_url: str = ""
     #: Where task results go; empty means files under <var_dir>/results (no server).
     result_backend: str = ""
-    #: A rotation still running after this gets SoftTimeLimitExceeded (it fails, recorded).
+    #: A rotation still running after this gets SoftTimeLimitExceeded: the task result says
+    #: failed, but the engine records nothing, so the run stays `running` and is resumed.
     task_soft_time_limit_seconds: float = Field(600.0, gt=0, le=86400, allow_inf_nan=False)
-    #: A rotation still running after this has its worker process killed.
+    #: A rotation still running after this has its worker process killed and its message
+    #: acknowledged (not redelivered): beat's resume slot or the next trigger finishes it.
     task_time_limit_seconds: float = Field(900.0, gt=0, le=86400, allow_inf_nan=False)
     #: Redis redelivers a message not acknowledged within this; must exceed the hard time
-    #: limit plus the longest retry countdown, or a running rotation is delivered twice.
+    #: limit plus the longest retry countdown (the backoff maximum, or half the lease TTL
+    #: when a redelivered run waits for its own lease), or a running rotation is delivered twice.
     broker_visibility_timeout_seconds: float = Field(
         7200.0, gt=1, le=7 * 86400, allow_inf_nan=False
     )
@@ -79,12 +82,16 @@ class Settings(BaseSettings):
                 "ROTATOR_TASK_SOFT_TIME_LIMIT_SECONDS must be below "
                 "ROTATOR_TASK_TIME_LIMIT_SECONDS (the soft limit warns the task first)"
             )
-        needed = self.task_time_limit_seconds + self.task_retry_backoff_max_seconds
+        # A retry waits unacknowledged for its countdown: the backoff, or half the lease TTL
+        # while a redelivered run waits for its own dead attempt's lease (rotator/tasks.py).
+        longest_wait = max(self.task_retry_backoff_max_seconds, self.lease_ttl_seconds / 2)
+        needed = self.task_time_limit_seconds + longest_wait
         if self.broker_visibility_timeout_seconds <= needed:
             raise ValueError(
-                "ROTATOR_BROKER_VISIBILITY_TIMEOUT_SECONDS must exceed the hard time limit "
-                f"plus the longest retry wait ({needed:g} s), or Redis redelivers a rotation "
-                "that is still running"
+                "ROTATOR_BROKER_VISIBILITY_TIMEOUT_SECONDS must exceed "
+                "ROTATOR_TASK_TIME_LIMIT_SECONDS plus the longest retry wait, the larger of "
+                "ROTATOR_TASK_RETRY_BACKOFF_MAX_SECONDS and half ROTATOR_LEASE_TTL_SECONDS "
+                f"({needed:g} s), or Redis redelivers a rotation that is still running"
             )
         return self
 

@@ -25,6 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     select,
     text,
@@ -303,6 +304,24 @@ class History:
                 return False
             claim = self.slot_claim(secret, slot)
             return claim is not None and claim.run_id == run_id
+
+    def release_slot(self, secret: str, slot: str, run_id: str) -> bool:
+        """Give back `run_id`'s claim of `slot` if that run was never recorded; True if it was.
+
+        A task that gave up between claiming and starting its run leaves nothing to resume:
+        without this the slot would stay taken and never be sent again.
+        """
+        recorded = select(Run.id).where(Run.id == run_id).exists()
+        with self.database.session() as session:
+            done = session.execute(
+                delete(SlotClaim).where(
+                    SlotClaim.secret == secret,
+                    SlotClaim.slot == slot,
+                    SlotClaim.run_id == run_id,
+                    ~recorded,
+                )
+            )
+            return bool(getattr(done, "rowcount", 0))
 
     def slot_claim(self, secret: str, slot: str) -> SlotClaim | None:
         with self.database.session() as session:

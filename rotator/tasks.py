@@ -10,18 +10,30 @@ the task id, so the engine resumes that same run (it reuses the PENDING version
 stored under the run id). When the engine settles an older interrupted run
 instead, the result's `run_id` names that one and `resumed` is true.
 
+A run id is 32 to 64 letters, digits or `-_.:` (RUN_ID): it is stored in
+String(64) columns and becomes the AWS ClientRequestToken (32 to 64 characters) of
+the new version, so an id that one store would refuse is refused on every store.
+Celery's own ids (uuid4, 36 characters) and beat's (uuid5) fit.
+
 Outcomes: the engine's (succeeded, rolled_back, failed), plus `skipped` (another
 run holds the secret: recorded in history, nothing rotated), `duplicate` (the
 schedule slot was already claimed by another run) and `error` (an unknown secret,
-bad arguments or an unusable schedules file: not retried). Transient failures
-(history database or target unreachable) retry with exponential backoff, at most
-ROTATOR_TASK_MAX_RETRIES times.
+bad arguments or run id, or an unusable schedules file: not retried). Transient
+failures (history database or target unreachable) retry with exponential backoff,
+at most ROTATOR_TASK_MAX_RETRIES times; waiting for this run's own earlier attempt
+to let go of the lease is not counted. Any other exception becomes a `failed`
+outcome naming its type, with a scrubbed one-line text: Celery never serialises
+or logs the exception itself (its text can carry SQL and parameters). A task that
+ends `failed` before its run was recorded gives its slot claim back, so the slot
+can be sent again.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
+from types import TracebackType
 from typing import Any
 
 import structlog
@@ -37,19 +49,27 @@ from rotator.errors import ConfigError, RotationInProgress, TransientError
 from rotator.logging import configure_logging, scrub
 from rotator.results import RunResult
 from rotator.runtime import Runtime
+from rotator.stores import Stage
 
 log = structlog.get_logger("rotator.tasks")
 
 MAX_TRIGGER = 32
 MAX_SLOT = 64
+#: Run ids (= task ids): what String(64) columns and AWS ClientRequestToken both accept.
+RUN_ID = re.compile(r"[A-Za-z0-9_.:-]{32,64}")
+#: The message header counting retries spent waiting for this run's own lease.
+LEASE_WAITS = "rotator_lease_waits"
+#: The longest error text an unexpected exception contributes to a result.
+MAX_ERROR = 300
 
 
 class _Retry(Exception):
     """Internal: this attempt should be retried (the text says why, with no secret)."""
 
-    def __init__(self, reason: str, countdown: float | None = None) -> None:
+    def __init__(self, reason: str, countdown: float | None = None, lease: bool = False) -> None:
         super().__init__(reason)
         self.countdown = countdown
+        self.lease = lease  # waiting for this run's own lease: not a failure, not counted
 
 
 def _configure_worker_logging(**_: object) -> None:
@@ -66,7 +86,12 @@ def _outcome(
     return RunResult(run_id, name, outcome, error=error, **extra).as_dict()
 
 
-def _check_arguments(name: object, trigger: object, slot: object) -> str | None:
+def _check_arguments(run_id: str, name: object, trigger: object, slot: object) -> str | None:
+    if not RUN_ID.fullmatch(run_id):
+        return (
+            f"task id {run_id[:80]!r} cannot be a run id: use 32 to 64 letters, digits or "
+            "'-_.:' (or let Celery choose the id)"
+        )
     if not isinstance(name, str) or not name:
         return "the secret name must be a non-empty string"
     if not isinstance(trigger, str) or not 0 < len(trigger) <= MAX_TRIGGER:
@@ -96,6 +121,7 @@ def _rotate_once(
             raise _Retry(
                 "this run's earlier attempt still holds the lease",
                 countdown=runtime.settings.lease_ttl_seconds / 2,
+                lease=True,
             ) from None
         runtime.history.record_skipped(run_id, name, trigger, slot, "in progress")
         bound.info("rotate.skipped", reason="in progress")
@@ -110,29 +136,14 @@ def _rotate_task(
 ) -> dict[str, Any]:
     """Rotate one secret through the engine; see the module docstring for the outcomes."""
     run_id = str(self.request.id or uuid.uuid4().hex)
-    settings = worker_runtime.settings()
     bound = log.bind(secret=name, run_id=run_id, trigger=trigger, slot=slot)
     bound.info("rotate.received", attempt=self.request.retries + 1)
     started = time.monotonic()
-    problem = _check_arguments(name, trigger, slot)
+    problem = _check_arguments(run_id, name, trigger, slot)
     if problem is not None:
         bound.error("rotate.finished", outcome="error", error=problem)
-        return _outcome(run_id, str(name), "error", problem)
-    try:
-        runtime = worker_runtime.get_runtime()
-        result = _rotate_once(runtime, run_id, name, trigger, slot)
-    except ConfigError as exc:  # UnknownSecret included: the user's to fix, never retried
-        result = _outcome(run_id, name, "error", scrub(str(exc)))
-    except (TransientError, OperationalError, _Retry) as exc:
-        result = _retry_or_give_up(self, exc, run_id, name, bound)
-    except SoftTimeLimitExceeded:
-        result = _outcome(
-            run_id,
-            name,
-            "failed",
-            f"stopped after ROTATOR_TASK_SOFT_TIME_LIMIT_SECONDS "
-            f"({settings.task_soft_time_limit_seconds:g} s); the next run resumes it",
-        )
+        return _outcome(run_id[:64], str(name), "error", problem)
+    result = _attempt(self, run_id, name, trigger, slot, bound)
     result.setdefault("timings_ms", {})["task"] = int((time.monotonic() - started) * 1000)
     if result["outcome"] not in ("skipped", "duplicate"):  # those logged rotate.skipped
         level = "info" if result["outcome"] == "succeeded" else "error"
@@ -143,23 +154,125 @@ def _rotate_task(
 rotate: Task[Any, Any] = app.task(name="rotator.rotate", bind=True, max_retries=None)(_rotate_task)
 
 
+def _attempt(
+    task: Task[Any, Any], run_id: str, name: str, trigger: str, slot: str | None, bound: Any
+) -> dict[str, Any]:
+    """One delivery: the outcome, a retry (raised), or a scrubbed `failed` for anything else."""
+    try:
+        runtime = worker_runtime.get_runtime()
+        return _rotate_once(runtime, run_id, name, trigger, slot)
+    except ConfigError as exc:  # UnknownSecret included: the user's to fix, never retried
+        return _outcome(run_id, name, "error", scrub(str(exc)))
+    except (TransientError, OperationalError, _Retry) as exc:
+        result = _retry_or_give_up(task, exc, run_id, name, bound)
+    except SoftTimeLimitExceeded:
+        # Not a RotatorError: the engine recorded nothing, the run stays `running` (resumable).
+        limit = worker_runtime.settings().task_soft_time_limit_seconds
+        result = _outcome(
+            run_id,
+            name,
+            "failed",
+            f"stopped after ROTATOR_TASK_SOFT_TIME_LIMIT_SECONDS ({limit:g} s); "
+            "the next run resumes it",
+        )
+    except Exception as exc:  # never let Celery serialise or log an unscrubbed exception
+        result = _unexpected(exc, run_id, name, bound)
+    _release_claim(run_id, name, slot, bound)
+    return result
+
+
+def _unexpected(exc: Exception, run_id: str, name: str, bound: Any) -> dict[str, Any]:
+    """A `failed` outcome naming the exception's type, with the first line of its text only.
+
+    SQLAlchemy puts the statement and its parameters on the following lines. The engine no
+    longer guards the run's values once the exception has left it, so the secret's stored
+    values are read again and cut out; when they cannot be read, the text is withheld.
+    """
+    lines = str(exc).strip().splitlines()
+    values = _stored_values(name)
+    if values is None:
+        text = "(text withheld: the secret's values could not be read to cut them out)"
+    else:
+        text = scrub(lines[0] if lines else "", values)[:MAX_ERROR]
+    error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    bound.error("rotate.unexpected_error", error=error, where=_where(exc.__traceback__))
+    return _outcome(run_id, name, "failed", error)
+
+
+def _stored_values(name: str) -> list[str] | None:
+    """Every value a run of `name` handles: its stages, and its admin secret's CURRENT."""
+    try:
+        runtime = worker_runtime.get_runtime()
+        spec = runtime.plan.secret(name)
+        store = runtime.engine.store_for(spec)
+        values = [
+            value
+            for stage in Stage
+            if (version := store.read(spec.path, stage)) is not None
+            for value in version.credential.secret_values()
+        ]
+        if spec.admin_secret is not None:
+            values += runtime.engine.read_current(spec.admin_secret).secret_values()
+    except Exception:  # the store or the database may be what failed
+        return None
+    return values
+
+
+def _where(trace: TracebackType | None) -> str:
+    """`file:line` of the innermost frame: enough to find the bug, no values."""
+    if trace is None:
+        return "unknown"
+    while trace.tb_next is not None:
+        trace = trace.tb_next
+    return f"{trace.tb_frame.f_code.co_filename}:{trace.tb_lineno}"
+
+
+def _release_claim(run_id: str, name: str, slot: str | None, bound: Any) -> None:
+    """A slot claimed by a run that never started is given back, so beat can send it again."""
+    if slot is None:
+        return
+    try:
+        released = worker_runtime.get_runtime().history.release_slot(name, slot, run_id)
+    except Exception as exc:  # the database may be the very thing that is down
+        bound.warning("rotate.claim_kept", error=type(exc).__name__)
+        return
+    if released:
+        bound.info("rotate.claim_released")
+
+
+def _lease_waits(task: Task[Any, Any]) -> int:
+    """Retries this message spent waiting for its own run's lease (a header it carries)."""
+    request = task.request
+    value = getattr(request, LEASE_WAITS, None)
+    if value is None:
+        value = (request.headers or {}).get(LEASE_WAITS)
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
 def _retry_or_give_up(
     task: Task[Any, Any], exc: Exception, run_id: str, name: str, bound: Any
 ) -> dict[str, Any]:
-    """Retry a transient failure with backoff (the engine resumes the run), or give up."""
+    """Retry a transient failure with backoff (the engine resumes the run), or give up.
+
+    Waiting for this run's own earlier attempt to release the lease always retries: the lease
+    expires within ROTATOR_LEASE_TTL_SECONDS, and the run it guards is this message's to finish.
+    """
     settings = worker_runtime.settings()
     if isinstance(exc, OperationalError):
         reason = "the history database is unreachable"
     else:
         reason = scrub(str(exc))
-    if task.request.retries >= settings.task_max_retries:
+    lease_waits = _lease_waits(task)
+    waiting = isinstance(exc, _Retry) and exc.lease
+    if not waiting and task.request.retries - lease_waits >= settings.task_max_retries:
         bound.error("rotate.gave_up", error=reason)
         return _outcome(run_id, name, "failed", f"gave up after retries: {reason}")
     countdown = _backoff(task.request.retries, settings.task_retry_backoff_max_seconds)
     if isinstance(exc, _Retry) and exc.countdown is not None:
         countdown = max(countdown, exc.countdown)
     bound.warning("rotate.retrying", countdown=countdown, error=reason)
-    raise task.retry(countdown=countdown, max_retries=None) from None
+    headers = {LEASE_WAITS: lease_waits + int(waiting)}
+    raise task.retry(countdown=countdown, max_retries=None, headers=headers) from None
 
 
 def _backoff(retries: int, maximum: float) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,3 +127,50 @@ def test_kill_9_mid_rotation_redelivers_and_finishes_the_same_run(
     assert [(r.id, r.status) for r in rotations] == [(task_id, "succeeded")]
     # One new credential: the adopted version and the one PENDING, nothing generated twice.
     assert len(stored_rows(plan.runtime.database, "db-0")) == 2
+
+
+def test_kill_9_of_the_pool_child_requeues_and_the_same_run_finishes(
+    pg: PgServer,
+    pg_plan: PgPlanFactory,
+    fresh_redis_url: str,
+    role_locked: Any,
+    tmp_path: Path,
+) -> None:
+    """Only the pool child dies: its parent requeues the message at once
+    (task_reject_on_worker_lost); the redelivered task waits while its own dead attempt holds
+    the lease, without spending a retry (max retries 0), then finishes the same run."""
+    plan = pg_plan()
+    role = plan.roles["db-0"]
+    old_password = plan.initial[role]
+    plan.runtime.engine.adopt("db-0", Credential(password=old_password))
+    env = rotator_env(
+        plan.runtime.settings, fresh_redis_url, ROTATOR_TASK_MAX_RETRIES="0", **FAST_REDELIVERY
+    )
+    blocker = role_locked(role)
+    worker = CeleryWorker(env, tmp_path, concurrency=1).start()
+    try:
+        with client_app(env) as app:
+            task_id = app.send_task("rotator.rotate", args=["db-0"]).id
+            wait_until(lambda: backends_waiting_on(pg, role) > 0, 60, "ALTER ROLE never blocked")
+            children = worker.pool_children()
+            assert len(children) == 1, children
+            os.kill(children[0], signal.SIGKILL)
+            blocker.rollback()  # the orphaned ALTER ROLE may now commit PENDING: resume re-applies
+            result = wait_result(app, task_id, timeout=120)
+    finally:
+        worker.stop()
+
+    log = worker.log()
+    assert result["outcome"] == "succeeded", (result, log[-3000:])
+    assert result["run_id"] == task_id
+    assert "this run's earlier attempt still holds the lease" in log
+    assert "rotate.gave_up" not in log
+    pending = plan.store.read("db-0", Stage.PENDING)
+    current = plan.store.read("db-0", Stage.CURRENT)
+    assert pending is None and current is not None
+    assert current.version_id == result["version_id"]
+    assert plan.logs_in("db-0", current.credential.get("password"))
+    assert not plan.logs_in("db-0", old_password)
+    rotations = [r for r in plan.runtime.history.runs("db-0") if r.trigger != "adopt"]
+    assert [(r.id, r.status) for r in rotations] == [(task_id, "succeeded")]
+    assert len(stored_rows(plan.runtime.database, "db-0")) == 2  # one new credential

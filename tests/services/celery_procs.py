@@ -99,6 +99,15 @@ class CeleryWorker:
             self.process.wait(timeout=timeout)
         self.kill9()
 
+    def pool_children(self) -> list[int]:
+        """Process ids of the main process's children (the prefork pool), from /proc."""
+        assert self.process is not None
+        children: list[int] = []
+        for thread in os.listdir(f"/proc/{self.process.pid}/task"):
+            with open(f"/proc/{self.process.pid}/task/{thread}/children") as handle:
+                children += [int(pid) for pid in handle.read().split()]
+        return children
+
     def kill9(self) -> None:
         """SIGKILL to the whole process group: the main process and every pool child."""
         if self.process is None:

@@ -43,6 +43,8 @@ def test_reliability_settings_for_long_non_idempotent_work(tmp_path: Path) -> No
     assert config["broker_transport_options"] == {"visibility_timeout": 900}
     assert config["task_acks_late"] is True
     assert config["task_reject_on_worker_lost"] is True
+    # A hard-limit kill acknowledges: a rotation that always hangs is not redelivered forever.
+    assert config["task_acks_on_timeout"] is True
     assert config["worker_prefetch_multiplier"] == 1
     assert (config["task_soft_time_limit"], config["task_time_limit"]) == (100, 200)
     assert config["accept_content"] == ["json"] == config["result_accept_content"]
@@ -63,6 +65,22 @@ def test_a_visibility_timeout_shorter_than_a_rotation_is_refused(
     text = str(caught.value)
     assert "ROTATOR_BROKER_VISIBILITY_TIMEOUT_SECONDS must exceed" in text
     assert "ROTATOR_?" not in text and "Value error" not in text
+
+
+def test_the_visibility_timeout_must_outlast_a_wait_for_the_runs_own_lease(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A redelivered run retries after half the lease TTL, unacknowledged all that time."""
+    monkeypatch.setenv("ROTATOR_TASK_TIME_LIMIT_SECONDS", "900")
+    monkeypatch.setenv("ROTATOR_TASK_RETRY_BACKOFF_MAX_SECONDS", "300")
+    monkeypatch.setenv("ROTATOR_LEASE_TTL_SECONDS", "3000")
+    monkeypatch.setenv("ROTATOR_BROKER_VISIBILITY_TIMEOUT_SECONDS", "2000")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    text = str(caught.value)
+    assert "half ROTATOR_LEASE_TTL_SECONDS (2400 s)" in text
+    monkeypatch.setenv("ROTATOR_BROKER_VISIBILITY_TIMEOUT_SECONDS", "2401")
+    assert load_settings().broker_visibility_timeout_seconds == 2401
 
 
 def test_a_soft_limit_not_below_the_hard_limit_is_refused(
