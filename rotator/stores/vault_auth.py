@@ -1,12 +1,14 @@
-"""Vault login for the vault-kv store: auth methods, token renewal, error mapping.
+"""Vault login for the vault-kv store: auth methods and keeping the token alive.
 
 `VaultSession` owns one hvac client. It logs in on first use (never in a
-constructor), renews its token when less than a third of its TTL is left,
+constructor) and renews its token at two thirds of its TTL, both from a
+background timer (so a store idle between rotations keeps a renewable token)
+and, should the timer not have run (a forked worker), at the next call. It
 logs in again when the token cannot be renewed any further, and on a 403
-logs in once more and retries the call (the token may have been revoked under
-it). `vault_errors` is the one place hvac and requests exceptions become
-rotator errors. Auth secrets (tokens, secret ids, JWTs) come from environment
-variables or files named in the YAML, never from the YAML itself.
+only when lookup-self shows the token itself is dead (revoked or expired): a
+policy denial is reported at once, without spending a login. Auth secrets
+(tokens, secret ids, JWTs) come from environment variables or files named in
+the YAML, never from the YAML itself.
 """
 
 from __future__ import annotations
@@ -14,30 +16,24 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import hvac
-import requests
 import structlog
 from hvac import exceptions as hvac_errors
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rotator.errors import ConfigError, RotatorError, StoreError, TransientError
+from rotator.errors import ConfigError, RotatorError, StoreError
+from rotator.stores.vault_errors import body, vault_errors
 
 log = structlog.get_logger("rotator.stores.vault")
 T = TypeVar("T")
 
 #: Where a pod's service account token is mounted.
 K8S_TOKEN_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-#: Vault's text for a check-and-set write that lost (400 on data/PATH).
-CAS_MISMATCH = "check-and-set parameter did not match the current version"
-
-
-class ConcurrentWrite(StoreError):
-    """A check-and-set write lost to another writer."""
 
 
 class _AuthBase(BaseModel):
@@ -111,70 +107,12 @@ def read_auth_secret(store: str, env: str | None, file: Path | None) -> str:
     return value
 
 
-@contextmanager
-def vault_errors(store: str, what: str) -> Iterator[None]:
-    """Map hvac and requests exceptions to rotator errors naming the store and the request.
-
-    Messages carry Vault's own error texts and the request, never a response body or a value.
-    """
-    try:
-        yield
-    except RotatorError:
-        raise
-    except requests.exceptions.SSLError:
-        raise StoreError(
-            f"store {store!r}: TLS verification failed for {what}; set `ca_cert` to the CA "
-            "that signed Vault's certificate"
-        ) from None
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-        raise TransientError(
-            f"store {store!r}: Vault unreachable ({what}): {type(exc).__name__}; "
-            "check `url` and that Vault is up"
-        ) from None
-    except hvac_errors.InvalidRequest as exc:
-        errors = _errors_of(exc)
-        if CAS_MISMATCH in errors:
-            raise ConcurrentWrite(
-                f"store {store!r}: concurrent write ({what}): another writer changed it first"
-            ) from None
-        raise StoreError(f"store {store!r}: Vault refused {what}: {errors}") from None
-    except (hvac_errors.Forbidden, hvac_errors.Unauthorized):
-        raise StoreError(
-            f"store {store!r}: permission denied ({what}); check the store's auth settings and "
-            "that its Vault policy grants this path (see docs/stores.md)"
-        ) from None
-    except hvac_errors.InvalidPath:
-        raise StoreError(
-            f"store {store!r}: Vault has no such path ({what}); check `mount` and that it is a "
-            "KV version 2 engine"
-        ) from None
-    except (
-        hvac_errors.RateLimitExceeded,
-        hvac_errors.InternalServerError,
-        hvac_errors.BadGateway,
-        hvac_errors.VaultDown,
-        hvac_errors.UnexpectedError,
-    ) as exc:
-        raise TransientError(
-            f"store {store!r}: Vault unavailable ({what}): {type(exc).__name__}: {_errors_of(exc)}"
-        ) from None
-    except hvac_errors.VaultError as exc:
-        raise StoreError(
-            f"store {store!r}: Vault refused {what}: {type(exc).__name__}: {_errors_of(exc)}"
-        ) from None
-
-
-def _errors_of(exc: hvac_errors.VaultError) -> str:
-    """Vault's `errors` list as text (never the response body), bounded in length."""
-    errors = exc.errors if isinstance(exc.errors, list) else [exc.errors or "no details"]
-    return "; ".join(str(e) for e in errors)[:300]
-
-
 class VaultSession:
-    """An hvac client whose token is kept valid: lazy login, renewal, one re-login on 403.
+    """An hvac client whose token is kept valid: lazy login, renewal, re-login when dead.
 
-    Thread-safe: logins and renewals run under one lock, and a 403 triggers a new login
-    only if no other thread logged in since the failed call started.
+    Thread-safe: logins and renewals (from calls or the renewal timer) run under one
+    lock, and a dead token triggers a new login only if no other thread logged in
+    since the failed call started.
     """
 
     def __init__(
@@ -193,16 +131,31 @@ class VaultSession:
         self._granted = 0.0  # TTL granted by the last login or renewal (0: never expires)
         self._renew_at: float | None = None
         self._renewable = False
+        self._timer: threading.Timer | None = None
+        self._closed = False
 
     def call(self, what: str, action: Callable[[hvac.Client], T]) -> T:
-        """Run `action` with a valid token; a 403 logs in again once and retries."""
+        """Run `action` with a valid token; a 403 with a dead token logs in again and retries."""
         with vault_errors(self.store, what):
             generation = self._ensure()
             try:
                 return action(self.client)
             except hvac_errors.Forbidden:
-                self._relogin_after(generation)
+                if not self._token_dead(generation):
+                    raise StoreError(
+                        f"store {self.store!r}: permission denied ({what}): the token is valid "
+                        "but its policies do not grant this; add the path to the store's Vault "
+                        "policy (rotator-store-policy in docs/stores.md)"
+                    ) from None
                 return action(self.client)
+
+    def close(self) -> None:
+        """Stop the renewal timer (the token itself is left to expire)."""
+        with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
     # -- token life -------------------------------------------------------------
 
@@ -214,18 +167,25 @@ class VaultSession:
                 self._renew()
             return self._generation
 
-    def _relogin_after(self, generation: int) -> None:
+    def _token_dead(self, generation: int) -> bool:
+        """After a 403: log in again (True) if the token is dead, else False (policy denial)."""
         with self._lock:
-            if self._generation == generation:
-                log.info("vault.relogin", store=self.store, reason="permission denied")
+            if self._generation != generation:
+                return True  # another thread logged in meanwhile: retry with its token
+            try:
+                self.client.auth.token.lookup_self()
+                return False
+            except (hvac_errors.Forbidden, hvac_errors.Unauthorized):
+                log.info("vault.relogin", store=self.store, reason="token revoked or expired")
                 self._login()
+                return True
 
     def _login(self) -> None:
         """Log in with the configured method and schedule the renewal of the new token."""
         auth = self.auth
         if isinstance(auth, TokenAuth):
             self.client.token = read_auth_secret(self.store, auth.token_env, auth.token_file)
-            data = self.client.auth.token.lookup_self()["data"]
+            data = body(self.client.auth.token.lookup_self(), self.store, "lookup-self", "data")
             ttl, renewable = float(data.get("ttl") or 0), bool(data.get("renewable"))
         else:
             if isinstance(auth, AppRoleAuth):
@@ -239,7 +199,7 @@ class VaultSession:
                 response = self.client.auth.kubernetes.login(
                     role=auth.role, jwt=jwt, mount_point=auth.mount
                 )
-            ttl, renewable = _lease_of(response)
+            ttl, renewable = self._lease_of(response, f"{auth.method} login")
         self._generation += 1
         self._schedule(ttl, renewable)
         log.info("vault.login", store=self.store, method=auth.method, ttl_seconds=ttl)
@@ -248,8 +208,9 @@ class VaultSession:
         """renew-self while the token can be extended; else (or past its max TTL) log in again."""
         if self._renewable:
             try:
-                ttl, renewable = _lease_of(self.client.auth.token.renew_self())
-            except hvac_errors.Forbidden:  # expired or revoked meanwhile
+                renewed = self.client.auth.token.renew_self()
+                ttl, renewable = self._lease_of(renewed, "renew-self")
+            except (hvac_errors.Forbidden, hvac_errors.InvalidRequest):  # dead, or past max TTL
                 ttl, renewable = 0.0, False
             if ttl >= self._granted / 3 and ttl > 0:
                 self._schedule(ttl, renewable)
@@ -258,12 +219,37 @@ class VaultSession:
         self._login()
 
     def _schedule(self, ttl: float, renewable: bool) -> None:
+        """Note when to renew, and arm the background timer for that moment."""
         self._granted = ttl
         self._renewable = renewable
         self._renew_at = None if ttl <= 0 else self._clock() + ttl * 2 / 3
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._renew_at is not None and not self._closed:
+            self._timer = threading.Timer(ttl * 2 / 3, _renew_in_background, (weakref.ref(self),))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _background_renew(self) -> None:
+        with self._lock:
+            due = self._renew_at is not None and self._clock() >= self._renew_at
+            if self._closed or not due:
+                return
+            try:
+                with vault_errors(self.store, "background token renewal"):
+                    self._renew()
+            except RotatorError as exc:  # the next call renews or logs in again
+                log.warning("vault.renew_failed", store=self.store, error=str(exc))
+
+    def _lease_of(self, response: Any, what: str) -> tuple[float, bool]:
+        """(TTL seconds, renewable) of a login or renew-self response."""
+        auth = body(response, self.store, what, "auth")
+        return float(auth.get("lease_duration") or 0), bool(auth.get("renewable"))
 
 
-def _lease_of(response: Any) -> tuple[float, bool]:
-    """(TTL seconds, renewable) of a login or renew-self response."""
-    auth = response["auth"]
-    return float(auth.get("lease_duration") or 0), bool(auth.get("renewable"))
+def _renew_in_background(session: weakref.ref[VaultSession]) -> None:
+    """The timer's target: holds the session weakly, so a dropped store is not kept alive."""
+    live = session()
+    if live is not None:
+        live._background_renew()

@@ -37,10 +37,13 @@ from pydantic import PositiveFloat, field_validator
 from rotator.credential import Credential
 from rotator.errors import StoreError
 from rotator.stores.base import SecretStore, SecretVersion, Stage, StoreConfig, StoreContext
-from rotator.stores.vault_auth import AuthConfig, ConcurrentWrite, VaultSession
+from rotator.stores.vault_auth import AuthConfig, VaultSession
+from rotator.stores.vault_errors import ConcurrentWrite, body, version_deleted
 
-#: How many spent tokens a path remembers (Vault allows 64 custom_metadata keys).
-SPENT_KEPT = 40
+#: Vault's limit on custom_metadata keys per path.
+CUSTOM_KEYS_MAX = 64
+#: Keys rotator needs besides spent tokens: the ids of CURRENT and PREVIOUS.
+VERSION_KEYS = 2
 _VERSION_KEY = "rotator-v"
 _SPENT_KEY = "rotator-spent-"
 
@@ -80,6 +83,11 @@ class _Meta:
     custom: dict[str, str] = field(default_factory=dict)
     live: frozenset[int] = frozenset()  # versions neither deleted nor destroyed
     delete_version_after: str = "0s"
+
+    @property
+    def user_keys(self) -> int:
+        """custom_metadata keys that are not rotator's own."""
+        return sum(1 for key in self.custom if not key.startswith((_VERSION_KEY, _SPENT_KEY)))
 
 
 class VaultKvStore(SecretStore):
@@ -137,12 +145,14 @@ class VaultKvStore(SecretStore):
         return SecretVersion(version_id or f"kv-{number}", credential, stage, token)
 
     def put_pending(self, path: str, credential: Credential, token: str) -> SecretVersion:
-        if self._is_spent(self._meta(path), token):
+        meta = self._meta(path)
+        if self._is_spent(meta, token):
             raise StoreError(
                 f"store {self.name!r}: token {token} at {path!r} was spent on a version that "
                 "is no longer PENDING"
             )
-        existing = self._read_pending(path)
+        self._check_room(path, meta)  # before the target changes, not at promote
+        existing, latest = self._pending_slot(path)
         if existing is not None:
             if existing.token == token:
                 return existing
@@ -150,7 +160,8 @@ class VaultKvStore(SecretStore):
         version = SecretVersion(uuid.uuid4().hex, credential, Stage.PENDING, token)
         envelope = {"token": token, "version_id": version.version_id, "value": dict(credential)}
         try:
-            self._write(self._pending_path(path), envelope, cas=0)
+            # cas on the latest (deleted) version: a `vault kv delete` of the entry frees it
+            self._write(self._pending_path(path), envelope, cas=latest)
         except ConcurrentWrite:
             existing = self._read_pending(path)
             if existing is not None and existing.token == token:
@@ -173,6 +184,7 @@ class VaultKvStore(SecretStore):
         meta = self._meta(path)
         number = self._landed(path, meta, pending.credential)
         if number is None:
+            self._check_room(path, meta)
             try:
                 number = self._write(path, dict(pending.credential), cas=meta.current_version)
             except ConcurrentWrite:
@@ -189,7 +201,8 @@ class VaultKvStore(SecretStore):
             return
         if pending.token is not None:
             meta = self._meta(path)
-            self._set_custom(path, meta, self._with_spent(meta.custom, pending.token))
+            self._check_room(path, meta)
+            self._set_custom(path, meta, self._with_spent(meta, meta.custom, pending.token))
         self._delete(self._pending_path(path))
 
     def put_current(
@@ -204,6 +217,7 @@ class VaultKvStore(SecretStore):
         meta = self._meta(path)
         if self._is_spent(meta, token):
             raise StoreError(f"store {self.name!r}: token {token} at {path!r} was spent already")
+        self._check_room(path, meta)
         try:
             number = self._write(path, dict(credential), cas=meta.current_version)
         except ConcurrentWrite:
@@ -233,7 +247,7 @@ class VaultKvStore(SecretStore):
         }
         custom[f"{_VERSION_KEY}{number}"] = f"{version.version_id} {version.token or ''}".strip()
         if version.token:
-            custom = self._with_spent(custom, version.token)
+            custom = self._with_spent(meta, custom, version.token)
         self._set_custom(path, meta, custom)
 
     @staticmethod
@@ -261,14 +275,28 @@ class VaultKvStore(SecretStore):
             if key.startswith(_VERSION_KEY) and key[len(_VERSION_KEY) :].isdigit()
         )
 
-    def _with_spent(self, custom: dict[str, str], token: str) -> dict[str, str]:
-        """`custom` plus `token` as spent, keeping only the newest SPENT_KEPT spent tokens."""
+    @staticmethod
+    def _spent_room(meta: _Meta) -> int:
+        """How many spent tokens fit beside the path's own keys and the two version ids."""
+        return CUSTOM_KEYS_MAX - meta.user_keys - VERSION_KEYS
+
+    def _check_room(self, path: str, meta: _Meta) -> None:
+        """Refuse before writing anything when custom_metadata has no room for a spent token."""
+        if self._spent_room(meta) < 1:
+            raise StoreError(
+                f"store {self.name!r}: {self._where(path, 'metadata')} has {meta.user_keys} "
+                f"custom_metadata keys of its own; rotator needs {VERSION_KEYS + 1} of Vault's "
+                f"{CUSTOM_KEYS_MAX}: remove some (vault kv metadata patch) and run again"
+            )
+
+    def _with_spent(self, meta: _Meta, custom: dict[str, str], token: str) -> dict[str, str]:
+        """`custom` plus `token` as spent, keeping the newest spent tokens that fit."""
         custom = {**custom, self._spent_key(token): str(time.time_ns())}
         spent = sorted(
             (key for key in custom if key.startswith(_SPENT_KEY)),
             key=lambda key: int(custom[key]) if custom[key].isdigit() else 0,
         )
-        for key in spent[:-SPENT_KEPT]:
+        for key in spent[: -self._spent_room(meta)]:
             del custom[key]
         return custom
 
@@ -281,13 +309,17 @@ class VaultKvStore(SecretStore):
         return f"{self.config.mount}/{kind}/{path.strip('/')}"
 
     def _read_pending(self, path: str) -> SecretVersion | None:
+        return self._pending_slot(path)[0]
+
+    def _pending_slot(self, path: str) -> tuple[SecretVersion | None, int]:
+        """The PENDING version (or None), and the entry's latest version number for cas."""
         pending_path = self._pending_path(path)
         meta = self._meta(pending_path)
         if meta.current_version not in meta.live:
-            return None
+            return None, meta.current_version
         envelope = self._data(pending_path, meta.current_version)
         if envelope is None:
-            return None
+            return None, meta.current_version
         try:
             value, version_id = envelope["value"], envelope["version_id"]
             token = envelope.get("token")
@@ -298,7 +330,9 @@ class VaultKvStore(SecretStore):
                 f"store {self.name!r}: {self._where(pending_path)} was not written by rotator; "
                 "delete it (vault kv metadata delete) to free the PENDING slot"
             ) from None
-        return SecretVersion(version_id, Credential(value), Stage.PENDING, token)
+        return SecretVersion(
+            version_id, Credential(value), Stage.PENDING, token
+        ), meta.current_version
 
     def _meta(self, path: str) -> _Meta:
         mount = self.config.mount
@@ -309,14 +343,16 @@ class VaultKvStore(SecretStore):
             except hvac_errors.InvalidPath:
                 return None
 
-        response = self.session.call(f"read {self._where(path, 'metadata')}", action)
+        what = f"read {self._where(path, 'metadata')}"
+        response = self.session.call(what, action)
         if response is None:
             return _Meta()
-        data = response["data"]
+        data = body(response, self.name, what, "data")
+        where = f"store {self.name!r}: {self._where(path, 'metadata')}"
         live = frozenset(
             int(number)
             for number, info in (data.get("versions") or {}).items()
-            if not info.get("deletion_time") and not info.get("destroyed")
+            if not version_deleted(info, where)
         )
         return _Meta(
             current_version=int(data.get("current_version") or 0),
@@ -336,22 +372,24 @@ class VaultKvStore(SecretStore):
             except hvac_errors.InvalidPath:
                 return None
 
-        response = self.session.call(f"read {self._where(path)} version {version}", action)
+        what = f"read {self._where(path)} version {version}"
+        response = self.session.call(what, action)
         if response is None:
             return None
-        data = response["data"]["data"]
+        data = body(response, self.name, what, "data", "data")
         return data if isinstance(data, dict) else None
 
     def _write(self, path: str, data: dict[str, Any], cas: int) -> int:
         """Write a new version with check-and-set; its version number."""
         mount = self.config.mount
+        what = f"write {self._where(path)}"
         response = self.session.call(
-            f"write {self._where(path)}",
+            what,
             lambda c: c.secrets.kv.v2.create_or_update_secret(
                 path=path, secret=data, cas=cas, mount_point=mount
             ),
         )
-        return int(response["data"]["version"])
+        return int(body(response, self.name, what, "data", "version"))
 
     def _set_custom(self, path: str, meta: _Meta, custom: dict[str, str]) -> None:
         """Replace the path's custom_metadata, keeping its delete_version_after setting."""

@@ -165,6 +165,59 @@ def test_kv_soft_delete_undelete_and_destroy(vault: VaultService, kv_mount: str)
         )
 
 
+def test_kv_delete_version_after_stamps_a_future_deletion_time_that_then_deletes(
+    vault: VaultService, kv_mount: str
+) -> None:
+    """Each new version gets created_time + the shorter of the mount's and the key's setting;
+    it reads normally until then and as deleted after."""
+    kv = vault.client().secrets.kv.v2
+    kv.configure(max_versions=10, delete_version_after="24h", mount_point=kv_mount)
+    assert kv.read_configuration(mount_point=kv_mount)["data"]["delete_version_after"] == "24h0m0s"
+    long, short = path(), path()
+    kv.update_metadata(short, delete_version_after="2s", mount_point=kv_mount)
+    assert (
+        kv.read_secret_metadata(short, mount_point=kv_mount)["data"]["delete_version_after"] == "2s"
+    )
+
+    def deleted(where: str) -> bool:
+        try:
+            kv.read_secret_version(where, mount_point=kv_mount, raise_on_deleted_version=True)
+        except hvac.exceptions.InvalidPath:
+            return True
+        return False
+
+    stamps = {}
+    for where in (long, short):
+        written = kv.create_or_update_secret(where, {"v": 1}, mount_point=kv_mount)["data"]
+        created = datetime.fromisoformat(written["created_time"])
+        stamps[where] = datetime.fromisoformat(written["deletion_time"]) - created
+        read = kv.read_secret_version(where, mount_point=kv_mount, raise_on_deleted_version=True)
+        assert read["data"]["data"] == {"v": 1}
+    assert abs(stamps[long] - timedelta(hours=24)) < timedelta(seconds=1)
+    assert abs(stamps[short] - timedelta(seconds=2)) < timedelta(seconds=1)
+    assert wait_until(lambda: deleted(short))
+    assert kv.read_secret_metadata(short, mount_point=kv_mount)["data"]["current_version"] == 1
+    assert not deleted(long)
+
+
+def test_kv_custom_metadata_refuses_empty_and_unprintable_keys_and_values(
+    vault: VaultService, kv_mount: str
+) -> None:
+    kv = vault.client().secrets.kv.v2
+    for custom in ({"": "x"}, {"owner": ""}, {"own\ner": "x"}, {"owner": "a\x07b"}):
+        with pytest.raises(hvac.exceptions.InvalidRequest, match="custom_metadata validation"):
+            kv.update_metadata(path(), custom_metadata=custom, mount_point=kv_mount)
+
+
+def test_kv_metadata_write_with_no_fields_creates_nothing(
+    vault: VaultService, kv_mount: str
+) -> None:
+    where = path()
+    vault.client().write_data(f"{kv_mount}/metadata/{where}", data={})
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        vault.client().secrets.kv.v2.read_secret_metadata(where, mount_point=kv_mount)
+
+
 def test_kv_metadata_delete_removes_every_version(vault: VaultService, kv_mount: str) -> None:
     kv = vault.client().secrets.kv.v2
     where = path()

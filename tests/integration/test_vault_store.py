@@ -27,7 +27,7 @@ from rotator.errors import ConfigError, RotatorError, StoreError, TransientError
 from rotator.stores import SecretVersion, Stage, store_class
 from rotator.stores.vault_auth import VaultSession
 from rotator.stores.vault_kv import VaultKvStore, VaultKvStoreConfig
-from tests.services.vault import VaultService
+from tests.services.vault import FaultyVault, VaultService
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -544,3 +544,218 @@ def test_no_value_reaches_logs_errors_or_reprs(
     for value in values:
         assert value.password is not None and value.password not in haystack
     assert store_token not in haystack
+
+
+# -- delete_version_after, spent-token room, a soft-deleted PENDING ------------------------
+
+
+@pytest.mark.parametrize("where", ["mount", "key"])
+def test_versions_under_delete_version_after_stay_live_until_it_passes(
+    vault: VaultService, kv_mount: str, store: VaultKvStore, where: str
+) -> None:
+    """Vault stamps each new version with a FUTURE deletion_time; it is live until then."""
+    root = vault.client().secrets.kv.v2
+    if where == "mount":
+        root.configure(max_versions=10, delete_version_after="24h", mount_point=kv_mount)
+    else:
+        root.update_metadata("apps/db", delete_version_after="24h", mount_point=kv_mount)
+    adopted = store.put_current("apps/db", credential(), "adopt")
+    assert app_read(vault, kv_mount, "apps/db")["metadata"]["deletion_time"] != ""
+    assert app_read(vault, kv_mount, "apps/db")["data"] == dict(adopted.credential)
+    assert store.read("apps/db", Stage.CURRENT) == adopted
+
+    pending = store.put_pending("apps/db", credential(), "run-1")
+    assert store.read("apps/db", Stage.PENDING) == pending
+    assert store.put_pending("apps/db", pending.credential, "run-1") == pending
+    store.promote("apps/db", pending.version_id)
+    assert ids(store, "apps/db") == {
+        Stage.CURRENT: pending.version_id,
+        Stage.PENDING: None,
+        Stage.PREVIOUS: adopted.version_id,
+    }
+
+
+def test_a_version_whose_deletion_time_passed_is_gone(
+    vault: VaultService, kv_mount: str, store: VaultKvStore
+) -> None:
+    vault.client().secrets.kv.v2.update_metadata(
+        "apps/db", delete_version_after="1s", mount_point=kv_mount
+    )
+    store.put_current("apps/db", credential(), "adopt")
+    time.sleep(1.5)
+    assert app_read(vault, kv_mount, "apps/db") is None
+    assert store.read("apps/db", Stage.CURRENT) is None
+
+
+def test_spent_tokens_fit_beside_the_paths_own_custom_metadata(
+    vault: VaultService, kv_mount: str, store: VaultKvStore
+) -> None:
+    """40 keys of the user's own leave room for 22 spent tokens, not the 40 once assumed."""
+    own = {f"team-{n}": "db" for n in range(40)}
+    vault.client().secrets.kv.v2.update_metadata(
+        "apps/db", custom_metadata=own, mount_point=kv_mount
+    )
+    for run in range(26):
+        pending = store.put_pending("apps/db", credential(), f"run-{run}")
+        store.promote("apps/db", pending.version_id)
+        assert ids(store, "apps/db")[Stage.CURRENT] == pending.version_id
+    custom = vault.client().secrets.kv.v2.read_secret_metadata("apps/db", mount_point=kv_mount)
+    custom = custom["data"]["custom_metadata"]
+    assert len(custom) == 64 and own.items() <= custom.items()
+    with pytest.raises(StoreError, match="spent"):  # the newest spent tokens are kept
+        store.put_pending("apps/db", credential(), "run-25")
+
+
+def test_a_path_without_room_is_refused_before_anything_is_written(
+    vault: VaultService, kv_mount: str, store: VaultKvStore
+) -> None:
+    current = store.put_current("apps/db", credential(), "adopt")
+    own = {f"team-{n}": "db" for n in range(62)}
+    vault.client().secrets.kv.v2.update_metadata(
+        "apps/db", custom_metadata=own, mount_point=kv_mount
+    )
+    for action in (
+        lambda: store.put_pending("apps/db", credential(), "run-1"),
+        lambda: store.put_current("apps/db", credential(), "adopt-2"),
+    ):
+        with pytest.raises(StoreError, match="62 custom_metadata keys of its own; rotator needs"):
+            action()
+    assert store.read("apps/db", Stage.PENDING) is None
+    assert app_read(vault, kv_mount, "apps/db")["data"] == dict(current.credential)
+
+
+def test_a_pending_entry_soft_deleted_by_hand_frees_the_slot(
+    vault: VaultService, kv_mount: str, store: VaultKvStore
+) -> None:
+    """`vault kv delete` of the pending entry leaves its metadata; cas=0 would fail forever."""
+    store.put_current("apps/db", credential(), "adopt")
+    store.put_pending("apps/db", credential(), "run-1")
+    vault.client().secrets.kv.v2.delete_latest_version_of_secret(
+        "rotator-pending/apps/db", mount_point=kv_mount
+    )
+    assert store.read("apps/db", Stage.PENDING) is None
+    pending = store.put_pending("apps/db", credential(), "run-2")
+    assert store.read("apps/db", Stage.PENDING) == pending
+    store.promote("apps/db", pending.version_id)
+    assert app_read(vault, kv_mount, "apps/db")["data"] == dict(pending.credential)
+
+
+# -- a policy denial, idle stores, kubernetes ------------------------------------------------
+
+
+def test_a_policy_denial_is_reported_without_spending_a_login(
+    vault: VaultService, kv_mount: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 403 with a valid token is the policy's answer: no new token, no secret-id use."""
+    policy = f"rotator-{kv_mount}"
+    vault.write_policy(policy, docs_policy("rotator-store-policy", kv_mount))
+    role = "uses-" + kv_mount
+    role_id, _ = vault.enable_approle(role, policies=(policy,))
+    client = vault.client()
+    client.auth.approle.create_or_update_approle(
+        role, token_policies=[policy], secret_id_num_uses=2, mount_point="approle"
+    )
+    secret_id = client.auth.approle.generate_secret_id(role, mount_point="approle")["data"]
+    monkeypatch.setenv("ROTATOR_TEST_ROLE_ID", role_id)
+    monkeypatch.setenv("ROTATOR_TEST_SECRET_ID", secret_id["secret_id"])
+    auth = {
+        "method": "approle",
+        "role_id_env": "ROTATOR_TEST_ROLE_ID",
+        "secret_id_env": "ROTATOR_TEST_SECRET_ID",
+    }
+    denied = make_store(vault, kv_mount, auth, pending_prefix="not-granted-pending/")
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            with pytest.raises(StoreError, match=r"permission denied .*rotator-store-policy"):
+                denied.read("apps/db", Stage.PENDING)
+    assert [e["event"] for e in logs if e["event"].startswith("vault.")] == ["vault.login"]
+
+    granted = make_store(vault, kv_mount, auth)  # the secret id's second and last use
+    adopted = granted.put_current("apps/db", credential(), "adopt")
+    assert granted.read("apps/db", Stage.CURRENT) == adopted
+
+
+def test_an_idle_token_store_keeps_its_token_alive(
+    vault: VaultService, kv_mount: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewal timer renews between calls: idle past the TTL, the store still works."""
+    policy = f"rotator-{kv_mount}"
+    vault.write_policy(policy, docs_policy("rotator-store-policy", kv_mount))
+    token = vault.create_token("2s", policy, explicit_max_ttl="1h")
+    monkeypatch.setenv("ROTATOR_TEST_SHORT_TOKEN", token)
+    store = make_store(
+        vault, kv_mount, {"method": "token", "token_env": "ROTATOR_TEST_SHORT_TOKEN"}
+    )
+    adopted = store.put_current("apps/db", credential(), "adopt")
+    time.sleep(3.5)  # no call in between
+    assert store.read("apps/db", Stage.CURRENT) == adopted
+    assert store.session.client.token == token
+    store.session.close()
+    time.sleep(2.5)  # closed: no more renewals, and the server expires the token
+    with pytest.raises(hvac_errors.Forbidden):
+        vault.client(token).auth.token.lookup_self()
+
+
+def test_kubernetes_auth_through_the_store(
+    vault: VaultService, kv_mount: str, tmp_path: Path
+) -> None:
+    policy = f"rotator-{kv_mount}"
+    vault.write_policy(policy, docs_policy("rotator-store-policy", kv_mount))
+    login = vault.kubernetes_login("rotator", policies=(policy,))
+    if login is None:
+        pytest.skip("real Vault without a Kubernetes cluster (set ROTATOR_TEST_K8S_*)")
+    (tmp_path / "sa-token").write_text(login.jwt)
+    auth = {
+        "method": "kubernetes",
+        "role": login.role,
+        "token_file": str(tmp_path / "sa-token"),
+        "mount": login.mount,
+    }
+    store = make_store(vault, kv_mount, auth)
+    store.check()
+    adopted = store.put_current("apps/db", credential(), "adopt")
+    assert store.read("apps/db", Stage.CURRENT) == adopted
+
+
+# -- failures a working Vault does not give on demand -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "text"),
+    [
+        (503, '{"errors": ["Vault is sealed"]}', TransientError, "VaultDown: Vault is sealed"),
+        (429, '{"errors": ["request rate limit exceeded"]}', TransientError, "RateLimitExceeded"),
+        (500, '{"errors": ["internal error"]}', TransientError, "InternalServerError"),
+        (502, '{"errors": []}', TransientError, "BadGateway"),
+        (405, '{"errors": ["unsupported operation"]}', StoreError, "UnexpectedError"),
+        (409, '{"errors": ["conflict"]}', StoreError, "UnexpectedError"),
+        (200, "<html>sign in</html>", StoreError, "a KV version 2 engine"),
+        (204, "", StoreError, "a KV version 2 engine"),
+    ],
+)
+def test_vault_failures_through_the_store_are_transient_only_when_retrying_helps(
+    monkeypatch: pytest.MonkeyPatch, status: int, body: str, error: type, text: str
+) -> None:
+    faulty = FaultyVault(status, body, "text/html" if body.startswith("<") else "application/json")
+    monkeypatch.setenv("ROTATOR_TEST_ANY_TOKEN", "hvs.unused")
+    config = VaultKvStoreConfig.model_validate(
+        {
+            "type": "vault-kv",
+            "url": faulty.url,
+            "auth": {"method": "token", "token_env": "ROTATOR_TEST_ANY_TOKEN"},
+        }
+    )
+    store = VaultKvStore.from_config("faulty", config, None)  # type: ignore[arg-type]
+    try:
+        for action in (
+            lambda: store.read("apps/db", Stage.CURRENT),
+            lambda: store.put_pending("apps/db", credential(), "run-1"),
+        ):
+            with pytest.raises(RotatorError) as caught:
+                action()
+            assert type(caught.value) is error or (
+                error is StoreError and not isinstance(caught.value, TransientError)
+            )
+            assert "store 'faulty'" in str(caught.value) and text in str(caught.value)
+    finally:
+        faulty.stop()

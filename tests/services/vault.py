@@ -136,7 +136,9 @@ class VaultService:
         ]
         return str(role_id), str(secret_id)
 
-    def kubernetes_login(self, role: str, *, token_ttl: str = "1h") -> KubernetesLogin | None:
+    def kubernetes_login(
+        self, role: str, *, token_ttl: str = "1h", policies: tuple[str, ...] = ("default",)
+    ) -> KubernetesLogin | None:
         """A kubernetes auth mount with `role` bound to a service account, and its JWT.
 
         The emulator vouches for a JWT it issues itself. A real Vault verifies the
@@ -161,7 +163,7 @@ class VaultService:
         client.sys.enable_auth_method("kubernetes", path=mount)
         client.auth.kubernetes.configure(host, kubernetes_ca_cert=ca or None, mount_point=mount)
         client.auth.kubernetes.create_role(
-            role, [name], [namespace], ttl=token_ttl, policies=["default"], mount_point=mount
+            role, [name], [namespace], ttl=token_ttl, policies=list(policies), mount_point=mount
         )
         return KubernetesLogin(mount, role, jwt, name, namespace)
 
@@ -257,3 +259,42 @@ def _start_container() -> VaultService:
             raise RuntimeError(f"the Vault container at {url} did not become healthy in 60 s")
         time.sleep(0.5)
     return VaultService(url, token, emulated=False, container=container)
+
+
+class FaultyVault:
+    """An HTTP server answering every KV request with one fixed reply, for the failures a
+    working Vault does not give on demand: sealed (503), rate limited (429), 5xx, 405, 409,
+    a proxy's HTML page. lookup-self answers as Vault does, so a token store can log in.
+    """
+
+    def __init__(self, status: int, body: str, content_type: str = "application/json") -> None:
+        import http.server
+        import threading
+
+        reply = (status, body.encode(), content_type)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                code, payload, kind = reply
+                if self.path.startswith("/v1/auth/token/lookup-self"):
+                    code, kind = 200, "application/json"
+                    payload = b'{"data": {"ttl": 0, "renewable": false}, "auth": null}'
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -3,12 +3,17 @@
 Status codes and messages follow Vault's kv plugin: a missing secret or
 version is a bare 404, a deleted or destroyed version is a 404 whose body
 still carries the version's metadata, and a check-and-set mismatch is a 400.
+As Vault does, a write under delete_version_after (the mount's or the key's,
+the shorter non-zero one) stamps the new version with a future deletion_time,
+and a version counts as deleted only once its deletion_time has passed.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from tests.vault_emulator.api import (
@@ -17,6 +22,7 @@ from tests.vault_emulator.api import (
     Reply,
     Request,
     envelope,
+    format_ttl,
     not_found,
     parse_ttl,
     rfc3339,
@@ -28,12 +34,30 @@ CAS_MISMATCH = "check-and-set parameter did not match the current version"
 CAS_REQUIRED = "check-and-set parameter required for this call"
 
 
+def _gone(deletion_time: str) -> bool:
+    """Vault's check: a version is deleted once its deletion_time (if any) has passed."""
+    if not deletion_time:
+        return False
+    return datetime.strptime(deletion_time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=UTC
+    ) <= datetime.now(UTC)
+
+
 @dataclass
 class Version:
     data: dict[str, Any] | None
     created_time: str = field(default_factory=rfc3339)
     deletion_time: str = ""
     destroyed: bool = False
+
+    @property
+    def gone(self) -> bool:
+        return self.destroyed or _gone(self.deletion_time)
+
+    def delete(self) -> None:
+        """As Vault's delete: stamp now unless already deleted (a future stamp moves to now)."""
+        if not self.gone:
+            self.deletion_time = rfc3339()
 
     def metadata(self, number: int, custom: dict[str, str] | None) -> dict[str, Any]:
         return {
@@ -122,7 +146,7 @@ class KvV2:
                 self.config[key] = type(self.config[key])(req.body[key])
         if "delete_version_after" in req.body:
             seconds = parse_ttl(req.body["delete_version_after"], "delete_version_after")
-            self.config["delete_version_after"] = f"{seconds}s"
+            self.config["delete_version_after"] = format_ttl(seconds)
         return NO_CONTENT
 
     # data/<path>
@@ -139,7 +163,7 @@ class KvV2:
         if version is None:
             raise not_found()
         metadata = version.metadata(number, secret.custom_metadata)
-        if version.deletion_time or version.destroyed:
+        if version.gone:
             return envelope({"data": None, "metadata": metadata}, status=404)
         return envelope({"data": dict(version.data or {}), "metadata": metadata})
 
@@ -151,6 +175,10 @@ class KvV2:
         self._check_cas(secret, req.body.get("options") or {})
         number = secret.current_version + 1
         version = Version(dict(data))
+        afters = (self.config["delete_version_after"], secret.delete_version_after)
+        seconds = [parse_ttl(after) for after in afters if parse_ttl(after)]
+        if seconds:  # as Vault's deletionTime(): the shorter of the two non-zero settings
+            version.deletion_time = rfc3339(time.time() + min(seconds))
         secret.versions[number] = version
         secret.current_version = number
         secret.updated_time = version.created_time
@@ -161,7 +189,7 @@ class KvV2:
     def patch(self, req: Request, path: str) -> Reply:
         secret = self.secrets.get(path)
         latest = secret.versions.get(secret.current_version) if secret else None
-        if latest is None or latest.deletion_time or latest.destroyed:
+        if latest is None or latest.gone:
             raise not_found()
         merged = _merge_patch(dict(latest.data or {}), req.body.get("data") or {})
         return self.write(Request("POST", req.path, {}, {**req.body, "data": merged}), path)
@@ -188,9 +216,7 @@ class KvV2:
     def delete_latest(self, req: Request, path: str) -> Reply:
         secret = self.secrets.get(path)
         if secret is not None and secret.current_version in secret.versions:
-            version = secret.versions[secret.current_version]
-            if not version.deletion_time and not version.destroyed:
-                version.deletion_time = rfc3339()
+            secret.versions[secret.current_version].delete()
         return NO_CONTENT
 
     # delete/, undelete/, destroy/
@@ -206,8 +232,7 @@ class KvV2:
 
     def delete_versions(self, req: Request, path: str) -> Reply:
         for version in self._versions(req, path):
-            if not version.destroyed and not version.deletion_time:
-                version.deletion_time = rfc3339()
+            version.delete()
         return NO_CONTENT
 
     def undelete_versions(self, req: Request, path: str) -> Reply:
@@ -232,6 +257,8 @@ class KvV2:
 
     def write_metadata(self, req: Request, path: str) -> Reply:
         body = req.body
+        if not any(key in body for key in _METADATA_FIELDS):
+            return NO_CONTENT  # Vault's fast path: nothing to set, nothing created
         secret = self.secrets.setdefault(path, Secret())
         if "max_versions" in body:
             secret.max_versions = int(body["max_versions"])
@@ -239,7 +266,7 @@ class KvV2:
             secret.cas_required = bool(body["cas_required"])
         if "delete_version_after" in body:
             seconds = parse_ttl(body["delete_version_after"], "delete_version_after")
-            secret.delete_version_after = f"{seconds}s"
+            secret.delete_version_after = format_ttl(seconds)
         if "custom_metadata" in body:
             secret.custom_metadata = _custom_metadata(body["custom_metadata"])
         secret.updated_time = rfc3339()
@@ -263,7 +290,8 @@ class KvV2:
 
 
 def _custom_metadata(value: Any) -> dict[str, str] | None:
-    """Vault's limits: at most 64 string pairs, keys up to 128 bytes, values up to 512."""
+    """Vault's validateCustomMetadata: at most 64 pairs of printable strings, keys of
+    1-128 bytes, values of 1-512 bytes."""
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -272,12 +300,19 @@ def _custom_metadata(value: Any) -> dict[str, str] | None:
     if len(value) > 64:
         problems.append("payload must contain at most 64 keys, provided keys: " + str(len(value)))
     for key, item in value.items():
-        if len(str(key).encode()) > 128:
-            problems.append(f"length of key {key!r} is greater than 128 bytes")
         if not isinstance(item, str):
             raise ApiError(400, "custom_metadata must be a map of strings")
-        if len(item.encode()) > 512:
-            problems.append(f"length of value for key {key!r} is greater than 512 bytes")
+        size, item_size = len(str(key).encode()), len(item.encode())
+        if not 0 < size <= 128:
+            problems.append(f'length of key "{key}" is {size} but must be 0 < len(key) <= 128')
+        if not 0 < item_size <= 512:
+            problems.append(
+                f'length of value for key "{key}" is {item_size} but must be 0 < len(value) <= 512'
+            )
+        if not str(key).isprintable():
+            problems.append(f'key "{key!r}" contains unprintable characters')
+        if not item.isprintable():
+            problems.append(f'value for key "{key}" contains unprintable characters')
     if problems:
         raise ApiError(400, "custom_metadata validation failed: " + "; ".join(problems))
     return {str(k): v for k, v in value.items()}
@@ -313,4 +348,5 @@ _ACTIONS = {
     ("metadata", "DELETE"): KvV2.delete_metadata,
     ("metadata", "LIST"): KvV2.list_keys,
 }
+_METADATA_FIELDS = ("max_versions", "cas_required", "delete_version_after", "custom_metadata")
 _KNOWN = {"data", "delete", "undelete", "destroy", "metadata", "config"}
