@@ -270,7 +270,7 @@ def _retry_or_give_up(
     countdown = _backoff(task.request.retries, settings.task_retry_backoff_max_seconds)
     if isinstance(exc, _Retry) and exc.countdown is not None:
         countdown = max(countdown, exc.countdown)
-    bound.warning("rotate.retrying", countdown=countdown, error=reason)
+    bound.warning("rotate.retrying", countdown=countdown, error=reason, lease_waits=lease_waits)
     headers = {LEASE_WAITS: lease_waits + int(waiting)}
     raise task.retry(countdown=countdown, max_retries=None, headers=headers) from None
 

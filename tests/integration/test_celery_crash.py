@@ -143,8 +143,15 @@ def test_kill_9_of_the_pool_child_requeues_and_the_same_run_finishes(
     role = plan.roles["db-0"]
     old_password = plan.initial[role]
     plan.runtime.engine.adopt("db-0", Credential(password=old_password))
+    # A lease that outlives the time from the kill to the redelivery however slow the machine:
+    # the redelivered task must meet its own dead attempt's lease.
+    slow_lease = {
+        **FAST_REDELIVERY,
+        "ROTATOR_LEASE_TTL_SECONDS": "20",
+        "ROTATOR_BROKER_VISIBILITY_TIMEOUT_SECONDS": "30",
+    }
     env = rotator_env(
-        plan.runtime.settings, fresh_redis_url, ROTATOR_TASK_MAX_RETRIES="0", **FAST_REDELIVERY
+        plan.runtime.settings, fresh_redis_url, ROTATOR_TASK_MAX_RETRIES="0", **slow_lease
     )
     blocker = role_locked(role)
     worker = CeleryWorker(env, tmp_path, concurrency=1).start()
@@ -164,6 +171,7 @@ def test_kill_9_of_the_pool_child_requeues_and_the_same_run_finishes(
     assert result["outcome"] == "succeeded", (result, log[-3000:])
     assert result["run_id"] == task_id
     assert "this run's earlier attempt still holds the lease" in log
+    assert '"lease_waits": 1' in log  # the count travels with the retried message
     assert "rotate.gave_up" not in log
     pending = plan.store.read("db-0", Stage.PENDING)
     current = plan.store.read("db-0", Stage.CURRENT)
