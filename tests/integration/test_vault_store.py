@@ -731,6 +731,7 @@ def test_kubernetes_auth_through_the_store(
         (409, '{"errors": ["conflict"]}', StoreError, "UnexpectedError"),
         (200, "<html>sign in</html>", StoreError, "a KV version 2 engine"),
         (204, "", StoreError, "a KV version 2 engine"),
+        (0, "", TransientError, "ChunkedEncodingError"),
     ],
 )
 def test_vault_failures_through_the_store_are_transient_only_when_retrying_helps(
@@ -759,3 +760,21 @@ def test_vault_failures_through_the_store_are_transient_only_when_retrying_helps
             assert "store 'faulty'" in str(caught.value) and text in str(caught.value)
     finally:
         faulty.stop()
+
+
+def test_deletion_times_are_read_as_vault_writes_them() -> None:
+    """Vault writes RFC 3339 with nanoseconds (trailing zeros trimmed); the past is deleted."""
+    from datetime import UTC, datetime, timedelta
+
+    from rotator.stores.vault_errors import version_deleted
+
+    def stamp(delta: timedelta, digits: str) -> str:
+        return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%S.") + digits + "Z"
+
+    assert not version_deleted({"deletion_time": "", "destroyed": False}, "here")
+    assert not version_deleted({"deletion_time": stamp(timedelta(hours=1), "123456789")}, "here")
+    assert version_deleted({"deletion_time": stamp(-timedelta(seconds=5), "123456789")}, "here")
+    assert version_deleted({"deletion_time": "2024-01-02T03:04:05Z"}, "here")
+    assert version_deleted({"deletion_time": "", "destroyed": True}, "here")
+    with pytest.raises(StoreError, match="here: unreadable deletion_time"):
+        version_deleted({"deletion_time": "yesterday"}, "here")

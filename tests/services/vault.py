@@ -264,7 +264,8 @@ def _start_container() -> VaultService:
 class FaultyVault:
     """An HTTP server answering every KV request with one fixed reply, for the failures a
     working Vault does not give on demand: sealed (503), rate limited (429), 5xx, 405, 409,
-    a proxy's HTML page. lookup-self answers as Vault does, so a token store can log in.
+    a proxy's HTML page, a response cut off mid-body (status 0). lookup-self answers as
+    Vault does, so a token store can log in.
     """
 
     def __init__(self, status: int, body: str, content_type: str = "application/json") -> None:
@@ -280,8 +281,15 @@ class FaultyVault:
                 if self.path.startswith("/v1/auth/token/lookup-self"):
                     code, kind = 200, "application/json"
                     payload = b'{"data": {"ttl": 0, "renewable": false}, "auth": null}'
-                self.send_response(code)
+                self.send_response(code or 200)
                 self.send_header("Content-Type", kind)
+                if code == 0:  # a response cut off mid-body: a broken chunked encoding
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(b"zz\r\n")
+                    self.close_connection = True
+                    return
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
