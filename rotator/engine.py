@@ -206,7 +206,7 @@ class Engine:
                     run.log.info("rotation.already_finished")
                     return self._record_success(run, current)
                 secret_scope.enter_context(self._secrets_of(current, previous, pending_now))
-                secret_scope.enter_context(self._admin_secrets_of(spec))
+                secret_scope.enter_context(self._admin_secrets_of(run))
                 pending = self.create(run, current, pending_now)
                 secret_scope.enter_context(secret_values(pending.credential.secret_values()))
                 self.apply(run, pending, current, previous)
@@ -227,12 +227,14 @@ class Engine:
                 return self._record_failure(run, exc)
 
     @contextmanager
-    def _admin_secrets_of(self, spec: SecretSpec) -> Iterator[None]:
-        """The admin credential a rotator will log in with is scrubbed from logs too."""
+    def _admin_secrets_of(self, run: _Run) -> Iterator[None]:
+        """The admin credential a rotator will log in with is scrubbed from logs too (read
+        through the run's own lookup, so the rotator does not read it a second time)."""
         values: list[str] = []
-        if spec.admin_secret is not None:
+        admin = run.spec.admin_secret
+        if admin is not None:
             with suppress(RotatorError):  # a missing admin fails later, in apply, with its reason
-                values = list(self.read_current(spec.admin_secret).secret_values())
+                values = list(run.rotator.context.lookup_secret(admin).secret_values())
         with secret_values(values):
             yield
 

@@ -27,8 +27,10 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    insert,
     select,
     text,
+    update,
 )
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import IntegrityError
@@ -160,11 +162,20 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._statements = sessionmaker(autocommit, expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A transaction: committed on success, rolled back on any error."""
         with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def statement(self) -> Iterator[Session]:
+        """For one statement (a read, or a single write that is atomic by itself): no
+        BEGIN and COMMIT, so one round trip where a transaction would take three."""
+        with self._statements() as session:
             yield session
 
     def upgrade(self) -> None:
@@ -226,9 +237,9 @@ class History:
         duration_ms: int | None = None,
         detail: str | None = None,
     ) -> None:
-        with self.database.session() as session:
-            session.add(
-                StepEvent(
+        with self.database.statement() as session:
+            session.execute(
+                insert(StepEvent).values(
                     run_id=run_id,
                     step=step,
                     status=status,
@@ -241,17 +252,15 @@ class History:
     def finish_run(
         self, run_id: str, status: str, version_id: str | None = None, error: str | None = None
     ) -> None:
-        with self.database.session() as session:
-            run = session.get(Run, run_id)
-            if run is None:
-                return
-            run.status = status
-            run.finished_at = utcnow()
-            run.version_id = version_id
-            run.error = error
+        with self.database.statement() as session:
+            session.execute(
+                update(Run)
+                .where(Run.id == run_id)
+                .values(status=status, finished_at=utcnow(), version_id=version_id, error=error)
+            )
 
     def get_run(self, run_id: str) -> Run | None:
-        with self.database.session() as session:
+        with self.database.statement() as session:
             return session.get(Run, run_id)
 
     def steps(self, run_id: str) -> list[StepEvent]:
@@ -280,7 +289,7 @@ class History:
 
     def running_runs(self, secret: str) -> list[Run]:
         """Runs recorded as running; when no live lease backs them they were interrupted."""
-        with self.database.session() as session:
+        with self.database.statement() as session:
             query = (
                 select(Run)
                 .where(Run.secret == secret, Run.status == "running")

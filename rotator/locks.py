@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from rotator.errors import LockLost, RotationInProgress
@@ -65,22 +65,28 @@ class LeaseManager:
         self.ttl = ttl
 
     def try_acquire(self, secret: str, owner: str, run_id: str | None = None) -> int | None:
-        """The new fence number if the lease was free or expired, else None."""
+        """The new fence number if the lease was free or expired, else None.
+
+        Each statement is atomic on its own (a conditional UPDATE, or an INSERT that the
+        primary key refuses to a second taker), so none needs a transaction around it.
+        """
         now = utcnow()
-        with self.database.session() as session:
-            result = session.execute(
-                update(Lease)
-                .where(Lease.secret == secret, Lease.expires_at < now)
-                .values(
-                    owner=owner, run_id=run_id, expires_at=now + self.ttl, fence=Lease.fence + 1
-                )
-            )
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                return int(session.scalar(select(Lease.fence).where(Lease.secret == secret)) or 0)
-        try:
-            with self.database.session() as session:
-                session.add(
-                    Lease(
+        taken = (
+            update(Lease)
+            .where(Lease.secret == secret, Lease.expires_at < now)
+            .values(owner=owner, run_id=run_id, expires_at=now + self.ttl, fence=Lease.fence + 1)
+        )
+        with self.database.statement() as session:
+            if self.database.engine.dialect.update_returning:
+                fence = session.scalar(taken.returning(Lease.fence))
+                if fence is not None:
+                    return int(fence)
+            elif session.execute(taken).rowcount == 1:  # type: ignore[attr-defined]
+                mine = select(Lease.fence).where(Lease.secret == secret, Lease.owner == owner)
+                return int(session.scalar(mine) or 0)
+            try:
+                session.execute(
+                    insert(Lease).values(
                         secret=secret,
                         owner=owner,
                         run_id=run_id,
@@ -88,12 +94,12 @@ class LeaseManager:
                         fence=1,
                     )
                 )
-            return 1
-        except IntegrityError:
-            return None
+            except IntegrityError:
+                return None
+        return 1
 
     def renew(self, secret: str, owner: str, fence: int) -> bool:
-        with self.database.session() as session:
+        with self.database.statement() as session:
             result = session.execute(
                 update(Lease)
                 .where(Lease.secret == secret, Lease.owner == owner, Lease.fence == fence)
@@ -102,7 +108,7 @@ class LeaseManager:
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     def still_held(self, secret: str, owner: str, fence: int) -> bool:
-        with self.database.session() as session:
+        with self.database.statement() as session:
             lease = session.get(Lease, secret)
             return (
                 lease is not None
@@ -112,7 +118,7 @@ class LeaseManager:
             )
 
     def release(self, secret: str, owner: str, fence: int) -> None:
-        with self.database.session() as session:
+        with self.database.statement() as session:
             session.execute(
                 update(Lease)
                 .where(Lease.secret == secret, Lease.owner == owner, Lease.fence == fence)
@@ -121,7 +127,7 @@ class LeaseManager:
 
     def holder(self, secret: str) -> Lease | None:
         """The live lease of a secret, if any."""
-        with self.database.session() as session:
+        with self.database.statement() as session:
             lease = session.get(Lease, secret)
             if lease is None or lease.expires_at <= utcnow():
                 return None

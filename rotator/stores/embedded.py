@@ -71,14 +71,14 @@ class EmbeddedStore(SecretStore):
         return session.scalars(query).first()
 
     def read(self, path: str, stage: Stage) -> SecretVersion | None:
-        with self._transaction() as session:
+        with self._transaction(reading=True) as session:
             row = self._row(session, path, stage)
             return None if row is None else self._decode(row)
 
     def read_stages(self, path: str) -> dict[Stage, SecretVersion | None]:
         """All three stages in one query (a rotation reads them together)."""
         found: dict[Stage, SecretVersion | None] = dict.fromkeys(Stage)
-        with self._transaction() as session:
+        with self._transaction(reading=True) as session:
             query = select(StoredVersion).where(
                 StoredVersion.path == path, StoredVersion.stage.is_not(None)
             )
@@ -174,10 +174,11 @@ class EmbeddedStore(SecretStore):
                 row.stage = None
 
     @contextmanager
-    def _transaction(self) -> Iterator[Session]:
-        """A session whose database outages surface as TransientError naming the store."""
+    def _transaction(self, reading: bool = False) -> Iterator[Session]:
+        """A session whose database outages surface as TransientError naming the store; a
+        read is one statement, so it needs no transaction around it."""
         try:
-            with self.database.session() as session:
+            with self.database.statement() if reading else self.database.session() as session:
                 yield session
         except OperationalError as exc:
             raise TransientError(f"store {self.name!r} unreachable: {exc.orig}") from None
