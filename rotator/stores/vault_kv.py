@@ -296,7 +296,7 @@ class VaultKvStore(SecretStore):
             (key for key in custom if key.startswith(_SPENT_KEY)),
             key=lambda key: int(custom[key]) if custom[key].isdigit() else 0,
         )
-        for key in spent[: -self._spent_room(meta)]:
+        for key in spent[: max(0, len(spent) - max(1, self._spent_room(meta)))]:
             del custom[key]
         return custom
 

@@ -154,6 +154,26 @@ def test_rotation_in_vault_makes_the_new_password_work_and_the_old_fail(
     assert stored is not None and stored.version_id == result.version_id
 
 
+def test_rotation_completes_on_a_mount_with_delete_version_after(
+    pg: PgServer, vault: VaultService, vault_plan: Callable[..., VaultPlan]
+) -> None:
+    """Vault stamps every version with a future deletion_time there; rotations still finish."""
+    plan = vault_plan()
+    vault.client().secrets.kv.v2.configure(
+        max_versions=10, delete_version_after="720h", mount_point=plan.mount
+    )
+    runtime = plan.runtime()
+    assert runtime.engine.run("db-0").outcome == "succeeded"
+    result = runtime.engine.run("db-0")
+
+    assert result.outcome == "succeeded"
+    current = plan.app_view()
+    assert current["metadata"]["deletion_time"] != ""
+    assert pg.logs_in(plan.role, current["data"]["password"])
+    stored = runtime.stores.get("vault").read("apps/db-0", Stage.CURRENT)
+    assert stored is not None and stored.version_id == result.version_id
+
+
 def test_a_store_outage_after_apply_keeps_pending_and_the_next_run_finishes(
     pg: PgServer, vault: VaultService, vault_plan: Callable[..., VaultPlan]
 ) -> None:
