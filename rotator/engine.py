@@ -43,9 +43,11 @@ from rotator.schedule import Plan, SecretSpec
 from rotator.stores import SecretStore, SecretVersion, Stage
 from rotator.storeset import StoreSet
 
-__all__ = ["Engine", "RunResult", "StepHook"]
+__all__ = ["Engine", "RunResult", "StepHook", "scrubbed_text"]
 
 log = structlog.get_logger("rotator.engine")
+#: The attribute an unexpected exception leaving a run carries its scrubbed text in.
+SCRUBBED_TEXT = "rotator_scrubbed_text"
 #: Run outcomes that are final: a run recorded with one of them is never run again. A failed
 #: run may be (its task retries under the same id and resumes its PENDING).
 FINISHED = frozenset({"succeeded", "rolled_back", "adopted"})
@@ -67,6 +69,19 @@ class _Run:
     lease: SecretLease
     log: Any
     timings_ms: dict[str, int] = field(default_factory=dict)
+    #: Where the run's secret values are registered for scrubbing while it lives.
+    secrets: ExitStack = field(default_factory=ExitStack)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def scrubbed_text(exc: BaseException) -> str | None:
+    """The text of an exception that left a run, scrubbed of that run's values, if it did."""
+    text = getattr(exc, SCRUBBED_TEXT, None)
+    return text if isinstance(text, str) else None
 
 
 class Engine:
@@ -197,7 +212,7 @@ class Engine:
     def _execute(self, run: _Run) -> RunResult:
         spec = run.spec
         # The values stay registered until a failure is recorded, so its text is scrubbed too.
-        with ExitStack() as secret_scope:
+        with run.secrets as secret_scope:
             try:
                 stages = run.store.read_stages(spec.path)
                 current, previous = stages[Stage.CURRENT], stages[Stage.PREVIOUS]
@@ -225,6 +240,11 @@ class Engine:
                 )
             except RotatorError as exc:
                 return self._record_failure(run, exc)
+            except Exception as exc:
+                # Not ours (a bug, a library error): it propagates, but its scrubbed text is
+                # taken now, while the run's values are still known (see `scrubbed_text`).
+                setattr(exc, SCRUBBED_TEXT, scrub(f"{type(exc).__name__}: {_first_line(exc)}"))
+                raise
 
     @contextmanager
     def _admin_secrets_of(self, run: _Run) -> Iterator[None]:
@@ -252,6 +272,7 @@ class Engine:
         """Reuse a PENDING version (a resume), else generate one and store it as PENDING."""
         if pending is None:
             credential = run.rotator.generate(current.credential if current else None)
+            run.secrets.enter_context(secret_values(credential.secret_values()))
             self._guard_identity(run, credential, current)
             pending = self._step(
                 run, "create", lambda: run.store.put_pending(run.spec.path, credential, run.run_id)

@@ -45,6 +45,7 @@ from sqlalchemy.exc import OperationalError
 
 from rotator import worker_runtime
 from rotator.celery import app
+from rotator.engine import scrubbed_text
 from rotator.errors import ConfigError, RotationInProgress, TransientError
 from rotator.logging import configure_logging, scrub
 from rotator.results import RunResult
@@ -184,16 +185,18 @@ def _attempt(
 def _unexpected(exc: Exception, run_id: str, name: str, bound: Any) -> dict[str, Any]:
     """A `failed` outcome naming the exception's type, with the first line of its text only.
 
-    SQLAlchemy puts the statement and its parameters on the following lines. The engine no
-    longer guards the run's values once the exception has left it, so the secret's stored
-    values are read again and cut out; when they cannot be read, the text is withheld.
+    SQLAlchemy puts the statement and its parameters on the following lines. An exception
+    that left a run carries its text scrubbed by the engine while the run's values (a new
+    one not yet stored included) were known; the stored values are cut out again here, and
+    when they cannot be read, the text is withheld.
     """
     lines = str(exc).strip().splitlines()
+    first = scrubbed_text(exc) or (f"{type(exc).__name__}: {lines[0]}" if lines else "")
     values = _stored_values(name)
     if values is None:
         text = "(text withheld: the secret's values could not be read to cut them out)"
     else:
-        text = scrub(lines[0] if lines else "", values)[:MAX_ERROR]
+        text = scrub(first.removeprefix(f"{type(exc).__name__}: "), values)[:MAX_ERROR]
     error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     bound.error("rotate.unexpected_error", error=error, where=_where(exc.__traceback__))
     return _outcome(run_id, name, "failed", error)

@@ -20,7 +20,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from rotator.credential import Credential
-from rotator.engine import RunResult
+from rotator.engine import RunResult, scrubbed_text
 from rotator.errors import CredentialRejected, TransientError
 from rotator.history import StoredVersion
 from rotator.logging import REDACTED, configure_logging, redact
@@ -201,3 +201,26 @@ def test_admin_password_in_a_plugin_message_is_scrubbed(pg_plan: PgPlanFactory) 
     assert admin_password not in result.error
     for step in runtime.history.steps(result.run_id):
         assert admin_password not in (step.detail or "")
+
+
+def test_an_unexpected_error_leaving_a_run_carries_its_text_scrubbed_even_of_a_value_not_yet_stored(
+    pg_plan: PgPlanFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-rotator exception propagates (a crash leaves the run resumable), but its text is
+    scrubbed while the run still knows its values: here the new password, which never
+    reached the store."""
+    plan = pg_plan()
+    store = plan.store
+    generated: list[str] = []
+
+    def failing_put(path: str, credential: Credential, token: str) -> None:
+        generated.append(str(credential["password"]))
+        raise RuntimeError(f"cannot store {credential['password']}\nparameters: {token}")
+
+    monkeypatch.setattr(store, "put_pending", failing_put)
+    with pytest.raises(RuntimeError) as raised:
+        plan.runtime.engine.run("db-0")
+
+    assert generated
+    assert scrubbed_text(raised.value) == f"RuntimeError: cannot store {REDACTED}"
+    assert store.read("db-0", Stage.PENDING) is None
