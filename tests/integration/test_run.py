@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -73,7 +74,7 @@ def test_run_rotates_due_secrets_and_stops_cleanly(
         code = process.wait(timeout=STOP_BOUND_SECONDS)
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)  # the pool children and beat too
             process.wait()
     output = log.read_text(errors="replace")
     assert code == 0, output[-4000:]
