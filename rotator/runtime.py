@@ -34,6 +34,7 @@ class Runtime:
     engine: Engine
 
     def close(self) -> None:
+        self.stores.close()
         self.database.dispose()
 
 

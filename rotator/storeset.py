@@ -29,6 +29,13 @@ class StoreSet:
                 self._built[name] = store
             return store
 
+    def close(self) -> None:
+        """Close every store built so far (a reloaded plan's old stores stop their timers)."""
+        with self._lock:
+            built, self._built = list(self._built.values()), {}
+        for store in built:
+            store.close()
+
     def check_all(self) -> None:
         """Prove every configured store answers; the error names the store that does not."""
         for name in self.configs:

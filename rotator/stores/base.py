@@ -71,6 +71,9 @@ class SecretStore(ABC):
     def from_config(cls, name: str, config: StoreConfig, context: StoreContext) -> SecretStore:
         """Build the store; no network I/O here (call `check` for that)."""
 
+    def close(self) -> None:  # noqa: B027 - optional hook: most stores hold nothing to release
+        """Release what the store holds (connections, renewal timers); default: nothing."""
+
     @abstractmethod
     def check(self) -> None:
         """Prove the store can be reached and used; raise a clear error naming it if not."""

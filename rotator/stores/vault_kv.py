@@ -112,6 +112,9 @@ class VaultKvStore(SecretStore):
         )
         return cls(name, config, VaultSession(name, client, config.auth))
 
+    def close(self) -> None:
+        self.session.close()
+
     def __repr__(self) -> str:
         return f"VaultKvStore({self.name!r}, {self.config.url!r}, mount={self.config.mount!r})"
 
