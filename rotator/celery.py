@@ -16,10 +16,15 @@ with -9 (see docs/operations.md).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.app.backends import by_url
+from celery.exceptions import ImproperlyConfigured
+from kombu.transport import resolve_transport
+from kombu.utils.url import maybe_sanitize_url, parse_url
 
 from rotator.config import Settings, load_settings
 from rotator.errors import ConfigError
@@ -64,6 +69,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             f"{settings.var_dir}: {exc.strerror} (point ROTATOR_VAR_DIR at a writable "
             "directory, or set ROTATOR_BROKER_URL and ROTATOR_RESULT_BACKEND)"
         ) from None
+    _check_broker_url(broker)
+    _check_backend_url(backend)
     return {
         "broker_url": broker,
         "result_backend": backend,
@@ -97,10 +104,56 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # `started` tells a waiting CLI that a worker has the run, not just the queue.
         "task_track_started": True,
         "result_expires": settings.result_expires_seconds,
+        # Our structlog lines go to stderr as they are: Celery's redirection would wrap each
+        # one in its own log format ("[... WARNING/Beat] {...}"), and JSON would not parse.
+        "worker_redirect_stdouts": False,
         "beat_scheduler": "rotator.beat:YamlScheduler",
         "timezone": "UTC",
         "enable_utc": True,
     }
+
+
+_PASSWORD = re.compile(r"(//[^/@:]*:)[^@/]*@")
+
+
+def _masked(url: str) -> str:
+    """The URL with any password hidden, even when kombu cannot parse it."""
+    try:
+        return str(maybe_sanitize_url(url))
+    except ValueError:
+        return _PASSWORD.sub(r"\1**@", url)
+
+
+def _url_error(variable: str, url: str, reason: str, example: str) -> ConfigError:
+    return ConfigError(
+        f"{variable}={_masked(url)}: {reason} (expected e.g. {example}, or unset it for the "
+        "filesystem default)"
+    )
+
+
+def _check_broker_url(url: str) -> None:
+    """Refuse a broker URL kombu cannot use now, rather than a traceback when it connects."""
+    example = "redis://:password@host:6379/0"
+    for part in url.split(";"):  # kombu's failover list
+        try:
+            transport = parse_url(part)["transport"]
+            resolve_transport(transport.split("+", 1)[0] if "+" in transport else transport)
+        except KeyError:
+            raise _url_error("ROTATOR_BROKER_URL", url, "no such transport", example) from None
+        except (ValueError, ImportError) as exc:
+            raise _url_error("ROTATOR_BROKER_URL", url, str(exc), example) from None
+
+
+def _check_backend_url(url: str) -> None:
+    """Refuse a result backend Celery cannot load, or whose port is not a number."""
+    example = "redis://:password@host:6379/1"
+    try:
+        parse_url(url)
+        by_url(url)
+    except (ImportError, ImproperlyConfigured):
+        raise _url_error("ROTATOR_RESULT_BACKEND", url, "no such backend", example) from None
+    except ValueError as exc:
+        raise _url_error("ROTATOR_RESULT_BACKEND", url, str(exc), example) from None
 
 
 def _configure() -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -177,9 +178,11 @@ def rotate(
         targets = cli_rotate.choose(runtime, names or [], every, overdue)
         if not targets:
             err.print("nothing to rotate: no secret is due now", highlight=False)
+            if as_json:
+                out.print_json(data=[])
             return
         if inline:
-            _rotate_inline(runtime, [name for name, _ in targets], as_json)
+            _rotate_inline(runtime, targets, as_json)
             return
         with cli_rotate.client(runtime.settings) as celery:
             queued = cli_rotate.send(celery, targets)
@@ -217,11 +220,26 @@ def _print_results(results: list[RunResult], as_json: bool) -> None:
         raise typer.Exit(EXIT_FAILED)
 
 
-def _rotate_inline(runtime: Runtime, names: list[str], as_json: bool) -> None:
+def _rotate_inline(runtime: Runtime, targets: list[tuple[str, str | None]], as_json: bool) -> None:
+    """Run each target here; an --overdue slot is claimed as a worker claims it, so a slot
+    beat sends as well is rotated once (the other sender gets `duplicate`)."""
+    import structlog
+
+    from rotator.tasks import claim_slot, release_claim
+
     results = []
-    for name in names:
-        with err.status(f"rotating {escape(name)} ..."):
-            results.append(runtime.engine.try_run(name, trigger="manual"))
+    for name, slot in targets:
+        run_id = str(uuid.uuid4())
+        taken = claim_slot(runtime, run_id, name, slot)
+        if taken is not None:
+            results.append(taken)
+            continue
+        bound = structlog.get_logger("rotator.cli").bind(secret=name, run_id=run_id, slot=slot)
+        try:
+            with err.status(f"rotating {escape(name)} ..."):
+                results.append(runtime.engine.try_run(name, "manual", run_id, slot))
+        finally:  # a run never recorded (skipped, crashed) gives its slot back; others keep it
+            release_claim(lambda: runtime, run_id, name, slot, bound)
     _print_results(results, as_json)
 
 

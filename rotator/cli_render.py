@@ -139,7 +139,8 @@ def results_table(results: Sequence[RunResult]) -> Table:
         table.add_column(column, no_wrap=True)
     table.add_column("detail")
     for result in results:
-        took = sum(result.timings_ms.values())
+        # The task's own total already holds its steps; without one, the steps add up.
+        took = result.timings_ms.get("task") or sum(result.timings_ms.values())
         table.add_row(
             escape(result.secret),
             _outcome(result.outcome),

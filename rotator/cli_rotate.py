@@ -174,10 +174,11 @@ def _poll(app: Celery, runtime: Runtime, run: Queued, progress: Progress) -> boo
     for event in runtime.history.steps(run.run_id)[run.steps_seen :]:
         run.steps_seen += 1
         progress(f"{label}: {event.step} {event.status}")
-    handle = app.AsyncResult(run.run_id)
-    state = str(handle.state)
-    if handle.ready():
-        value = handle.result
+    try:
+        state, ready, value = _backend_state(app, run)
+    except Exception as exc:  # any backend's error type: the runs go on regardless
+        return _poll_history(app, runtime, run, progress, exc)
+    if ready:
         if state == "SUCCESS" and isinstance(value, dict):
             run.result = value
         else:  # only the exception's type: its text is not ours to vet
@@ -191,6 +192,36 @@ def _poll(app: Celery, runtime: Runtime, run: Queued, progress: Progress) -> boo
         run.state = word
         progress(f"{label}: {word}")
     return False
+
+
+def _backend_state(app: Celery, run: Queued) -> tuple[str, bool, Any]:
+    handle = app.AsyncResult(run.run_id)
+    state = str(handle.state)
+    ready = bool(handle.ready())
+    return state, ready, handle.result if ready else None
+
+
+def _poll_history(
+    app: Celery, runtime: Runtime, run: Queued, progress: Progress, exc: Exception
+) -> bool:
+    """The result backend failed: follow the run in the history database instead."""
+    label = f"{run.secret} {run.run_id[:8]}"
+    if run.state != "unknown":
+        run.state = "unknown"
+        where = maybe_sanitize_url(str(app.conf.result_backend))
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        progress(
+            f"{label}: result backend {where} unreachable ({reason or type(exc).__name__}); "
+            "following the run in the history database (the runs go on; see `rotator history`)"
+        )
+    recorded = runtime.history.get_run(run.run_id)
+    if recorded is None or recorded.status in ("running", "adopted"):
+        return False
+    run.result = RunResult(
+        recorded.id, recorded.secret, recorded.status, recorded.version_id, recorded.error
+    ).as_dict()
+    progress(f"{label}: {recorded.status}")
+    return True
 
 
 def _result(run: Queued, timeout: float) -> RunResult:

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import signal
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import psycopg
 from cryptography.fernet import Fernet
 from psycopg import sql
 from pydantic import SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from rich.console import Console
 
 from rotator.config import Settings
@@ -33,6 +37,25 @@ from rotator.stores import Stage
 ADMIN_ROLE = "rotator_admin"
 #: How often beat rotates each demo secret: short, so the demo shows several rounds.
 EVERY = "4s"
+
+
+class DemoSettings(Settings):
+    """The demo's settings: only what it passes, never the user's ROTATOR_* or .env.
+
+    The user's variables may point at a real history database or store; the demo must
+    neither write there nor watch a database its worker does not use.
+    """
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
 
 @dataclass(frozen=True)
@@ -144,23 +167,28 @@ class DemoSetup:
         return sum(password.encode() in blob for password in self.seen)
 
     def close(self) -> None:
-        self.runtime.close()
-        self.server.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        try:
+            self.runtime.close()
+        finally:
+            self.server.stop()
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def set_up(console: Console, secrets_count: int) -> DemoSetup:
     """Start PostgreSQL, create the roles, write schedules.yaml and adopt the passwords."""
-    workdir = Path(tempfile.mkdtemp(prefix="rotator-demo-"))
     console.print("[bold]rotator demo[/]: starting a throwaway PostgreSQL (scram-sha-256) ...")
-    server = LocalPostgres().start()
-    try:
+    workdir: Path | None = None
+    server: LocalPostgres | None = None
+    try:  # Ctrl-C or a failure at any point leaves no directory and no server behind
+        workdir = Path(tempfile.mkdtemp(prefix="rotator-demo-"))
+        server = LocalPostgres()
+        server.start()
         roles = {f"demo-app-{i}": f"demo_app_{i}" for i in range(1, secrets_count + 1)}
         initial = {role: secrets.token_urlsafe(18) for role in [ADMIN_ROLE, *roles.values()]}
         create_roles(server, initial)
         schedules = workdir / "schedules.yaml"
         schedules.write_text(schedules_text(server, roles))
-        settings = Settings(
+        settings = DemoSettings(
             schedules=schedules,
             var_dir=workdir / "var",
             encryption_key=SecretStr(Fernet.generate_key().decode()),
@@ -169,14 +197,39 @@ def set_up(console: Console, secrets_count: int) -> DemoSetup:
         for name, role in {"pg-admin": ADMIN_ROLE, **roles}.items():
             runtime.engine.adopt(name, Credential(password=initial[role]))
     except BaseException:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if server is not None:
+            server.stop()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
         raise
     return DemoSetup(workdir, server, roles, settings, runtime)
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP take Ctrl-C's path, so the servers are stopped and the files go."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_demo(console: Console, rounds: int = 2, secrets_count: int = 3) -> bool:
-    """Run the demo; True only if every rotation seen was verified against PostgreSQL."""
+    """Run the demo; True only if every rotation seen was verified against PostgreSQL.
+
+    KeyboardInterrupt (Ctrl-C, SIGTERM, SIGHUP) leaves after everything was cleaned up.
+    """
+    with _terminate_as_interrupt():
+        return _run_demo(console, rounds, secrets_count)
+
+
+def _run_demo(console: Console, rounds: int, secrets_count: int) -> bool:
     from rotator.demo_live import watch_rotations
 
     setup = set_up(console, secrets_count)

@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.table import Table
 
 from rotator.demo import Check, DemoSetup
+from rotator.devservers import die_with_parent
 
 #: The demo gives up when the rotations it waits for have not happened by then.
 DEADLINE_BASE_SECONDS = 60.0
@@ -53,18 +54,24 @@ def start_run(setup: DemoSetup) -> tuple[subprocess.Popen[bytes], Path]:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C here stops it through stop_run, warmly
+            preexec_fn=die_with_parent(signal.SIGTERM),  # and so does the demo's death
         )
     return process, log
 
 
 def stop_run(process: subprocess.Popen[bytes]) -> int:
-    """SIGTERM (warm shutdown), then SIGKILL to the group if it does not end in time."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            return process.wait(timeout=STOP_SECONDS)
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+    """SIGTERM (warm shutdown), then SIGKILL to the group if it does not end in time or
+    the wait is interrupted (a second Ctrl-C): nothing of it outlives the demo."""
+    try:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=STOP_SECONDS)
+    finally:
+        if process.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
     return process.wait()
 
 
@@ -97,7 +104,11 @@ def add_row(table: Table, number: int, check: Check) -> None:
 
 
 def watch_rotations(console: Console, setup: DemoSetup, rounds: int) -> bool:
-    """Show each scheduled run as it ends until every secret rotated `rounds` times."""
+    """Show each scheduled run as it ends until every secret rotated `rounds` times.
+
+    Ctrl-C (or SIGTERM, see run_demo) stops `rotator run`, shows the summary and raises
+    KeyboardInterrupt again, so an interrupted demo always ends the same way (exit 130).
+    """
     process, log = start_run(setup)
     checks: list[Check] = []
     interrupted = False
@@ -108,7 +119,10 @@ def watch_rotations(console: Console, setup: DemoSetup, rounds: int) -> bool:
     finally:
         code = stop_run(process)
     finished = interrupted or _done(setup, rounds, checks)
-    return _summary(console, setup, checks, code, log, interrupted, finished)
+    ok = _summary(console, setup, checks, code, log, interrupted, finished)
+    if interrupted:
+        raise KeyboardInterrupt
+    return ok
 
 
 def _follow(

@@ -9,14 +9,18 @@ removed on `stop()`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,29 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+#: prctl(2) option: the signal a process gets when the thread that forked it ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] | None:
+    """A preexec_fn that sends the child `sig` when this process dies, even by SIGKILL.
+
+    Linux only (prctl PR_SET_PDEATHSIG); elsewhere None, and a killed parent leaves its
+    children to their own shutdown. Runs after the child took its user, so the setting holds.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the setting took hold
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 def _pg_bin(name: str) -> str:
@@ -84,6 +111,24 @@ class LocalPostgres:
             os.chown(path, ids["user"], ids["group"])
 
     def start(self) -> LocalPostgres:
+        """Create and start the cluster; on any failure (Ctrl-C included) nothing is left."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn_options(self) -> dict[str, Any]:
+        """Its own session, so a terminal's Ctrl-C reaches only us and `stop()` ends the
+        server; and it stops (fast shutdown) if this process dies without calling `stop()`."""
+        return {
+            **self._server_user(),
+            "start_new_session": True,
+            "preexec_fn": die_with_parent(signal.SIGINT),
+        }
+
+    def _start(self) -> None:
         self.port = self.port or free_port()
         self.workdir.chmod(0o755)
         self._chown(self.workdir)
@@ -108,7 +153,7 @@ class LocalPostgres:
             ],
             capture_output=True,
             text=True,
-            **self._server_user(),
+            **self._spawn_options(),
         )
         pwfile.unlink()
         if initdb.returncode != 0:
@@ -141,10 +186,9 @@ class LocalPostgres:
                 [_pg_bin("postgres"), "-D", str(self.datadir), *options],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                **self._server_user(),
+                **self._spawn_options(),
             )
         self._wait_ready()
-        return self
 
     def _wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

@@ -5,7 +5,8 @@ The worker is Celery's own (`app.Worker(beat=True)`, what `celery -A rotator wor
 are a warm shutdown (no new task is taken; a rotation under way finishes; the beat
 child stops), a second SIGINT or SIGQUIT a cold one (running rotations stop and are
 resumed by the next run, their PENDING kept in the store). Celery exits 1 after a
-warm shutdown asked for with SIGINT; here a shutdown the user asked for is exit 0.
+warm shutdown asked for with SIGINT; here a warm shutdown is exit 0, and a cold one
+(even after a warm one began) is exit 1: rotations under way were cut off.
 
 On the embedded default this needs no server: the filesystem broker and file results
 under ROTATOR_VAR_DIR, the history in SQLite. The caller must not have opened the
@@ -32,7 +33,8 @@ class _Stops:
 
     @classmethod
     def record(cls, sig: str = "", how: str = "", **_: Any) -> None:
-        cls.how = cls.how or how
+        # A later Cold (Ctrl-C twice) wins over the first Warm: running rotations were cut.
+        cls.how = how if how == "Cold" else (cls.how or how)
 
 
 def run_worker_and_beat(
@@ -42,9 +44,10 @@ def run_worker_and_beat(
     max_interval: float = DEFAULT_MAX_INTERVAL,
     hostname: str | None = None,
 ) -> int:
-    """Run until a shutdown signal; the exit code (0 after a warm shutdown the user asked for)."""
-    from rotator.celery import app
+    """Run until a shutdown signal; the exit code (0 after a warm shutdown, 1 after a cold one)."""
+    from rotator.celery import app, celery_config
 
+    celery_config(settings)  # a mistyped broker or backend URL: one ConfigError, not a traceback
     app.conf.beat_max_loop_interval = max_interval
     worker_shutting_down.connect(_Stops.record, weak=False)
     worker = app.Worker(
@@ -61,4 +64,6 @@ def run_worker_and_beat(
     worker.start()
     if _Stops.how == "Warm":
         return 0
+    if _Stops.how == "Cold":
+        return 1
     return int(worker.exitcode or 0)

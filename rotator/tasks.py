@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -102,15 +103,42 @@ def _check_arguments(run_id: str, name: object, trigger: object, slot: object) -
     return None
 
 
+def claim_slot(runtime: Runtime, run_id: str, name: str, slot: str | None) -> RunResult | None:
+    """Take `slot` for this run; the `duplicate` outcome if another run took it first.
+
+    Shared with `rotator rotate --overdue --inline`, so a slot is rotated once whoever
+    sends it (invariant 3).
+    """
+    if slot is None or runtime.history.claim_slot(name, slot, run_id):
+        return None
+    return RunResult(run_id, name, "duplicate", error=f"slot {slot} of {name!r} was already taken")
+
+
+def release_claim(
+    runtime: Callable[[], Runtime], run_id: str, name: str, slot: str | None, bound: Any
+) -> None:
+    """A slot claimed by a run that never started is given back, so beat can send it again."""
+    if slot is None:
+        return
+    try:
+        released = runtime().history.release_slot(name, slot, run_id)
+    except Exception as exc:  # the database may be the very thing that is down
+        bound.warning("rotate.claim_kept", error=type(exc).__name__)
+        return
+    if released:
+        bound.info("rotate.claim_released")
+
+
 def _rotate_once(
     runtime: Runtime, run_id: str, name: str, trigger: str, slot: str | None
 ) -> dict[str, Any]:
     """One attempt: claim the slot, run under the lease, or record why nothing ran."""
     bound = log.bind(secret=name, run_id=run_id, trigger=trigger, slot=slot)
     runtime.plan.secret(name)  # UnknownSecret before anything is written
-    if slot is not None and not runtime.history.claim_slot(name, slot, run_id):
+    taken = claim_slot(runtime, run_id, name, slot)
+    if taken is not None:
         bound.info("rotate.skipped", reason="duplicate slot")
-        return _outcome(run_id, name, "duplicate", f"slot {slot} of {name!r} was already taken")
+        return taken.as_dict()
     bound.info("rotate.started")
     try:
         result = runtime.engine.run(name, trigger, run_id, slot)
@@ -178,7 +206,7 @@ def _attempt(
         )
     except Exception as exc:  # never let Celery serialise or log an unscrubbed exception
         result = _unexpected(exc, run_id, name, bound)
-    _release_claim(run_id, name, slot, bound)
+    release_claim(worker_runtime.get_runtime, run_id, name, slot, bound)
     return result
 
 
@@ -228,19 +256,6 @@ def _where(trace: TracebackType | None) -> str:
     while trace.tb_next is not None:
         trace = trace.tb_next
     return f"{trace.tb_frame.f_code.co_filename}:{trace.tb_lineno}"
-
-
-def _release_claim(run_id: str, name: str, slot: str | None, bound: Any) -> None:
-    """A slot claimed by a run that never started is given back, so beat can send it again."""
-    if slot is None:
-        return
-    try:
-        released = worker_runtime.get_runtime().history.release_slot(name, slot, run_id)
-    except Exception as exc:  # the database may be the very thing that is down
-        bound.warning("rotate.claim_kept", error=type(exc).__name__)
-        return
-    if released:
-        bound.info("rotate.claim_released")
 
 
 def _lease_waits(task: Task[Any, Any]) -> int:

@@ -213,3 +213,31 @@ def test_put_refuses_undecodable_or_unusable_values(cli: Cli, stdin: bytes, expe
 def test_put_accepts_a_byte_order_mark(cli: Cli) -> None:
     result = cli("put", "app-db", stdin='\ufeff{"password": "pw-1234567890"}')
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "url", ["nonsense://x", "redis://:url-pass-7@localhost:notaport/0", "redis://h:99999/0"]
+)
+@pytest.mark.parametrize("command", [("rotate", "app-db"), ("run",)])
+def test_a_mistyped_broker_url_is_one_line_and_exit_2(
+    cli: Cli, url: str, command: tuple[str, ...]
+) -> None:
+    result = cli(*command, ROTATOR_BROKER_URL=url)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "ROTATOR_BROKER_URL" in one_clean_line(result.stderr)
+    assert "url-pass-7" not in result.stderr + result.stdout
+
+
+def test_a_mistyped_result_backend_is_one_line_and_exit_2(cli: Cli) -> None:
+    result = cli(
+        "rotate", "app-db", "--wait", "--timeout", "2", ROTATOR_RESULT_BACKEND="nonsense://x"
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "ROTATOR_RESULT_BACKEND" in one_clean_line(result.stderr)
+
+
+def test_overdue_json_with_nothing_due_is_still_json(cli: Cli) -> None:
+    assert cli("put", "app-db", stdin='{"password": "pw-1234567890"}').returncode == 0
+    result = cli("rotate", "--overdue", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []

@@ -110,3 +110,43 @@ def test_importing_the_app_reads_no_settings_and_touches_no_disk(tmp_path: Path)
     )
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize(
+    ("broker", "backend", "variable"),
+    [
+        ("nonsense://:url-pass-1@x", "", "ROTATOR_BROKER_URL"),
+        ("redis://:url-pass-1@localhost:notaport/0", "", "ROTATOR_BROKER_URL"),
+        ("redis://localhost:99999/0", "", "ROTATOR_BROKER_URL"),
+        ("redis://127.0.0.1:1/0", "nonsense://:url-pass-1@x", "ROTATOR_RESULT_BACKEND"),
+        ("redis://127.0.0.1:1/0", "redis://:url-pass-1@h:notaport/1", "ROTATOR_RESULT_BACKEND"),
+    ],
+)
+def test_a_mistyped_broker_or_backend_url_is_a_config_error_naming_it(
+    tmp_path: Path, broker: str, backend: str, variable: str
+) -> None:
+    settings = Settings(var_dir=tmp_path, broker_url=broker, result_backend=backend)
+    with pytest.raises(ConfigError) as caught:
+        celery_config(settings)
+    assert str(caught.value).startswith(f"{variable}=")
+    assert "url-pass-1" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("broker", "backend"),
+    [
+        ("redis://:p@127.0.0.1:6390/0", "redis://:p@127.0.0.1:6390/1"),
+        ("rediss://127.0.0.1:6390/0;redis://127.0.0.1:6391/0", "db+sqlite:///results.db"),
+        ("sqla+sqlite:///broker.db", "file:///tmp/results"),
+        ("memory://", "rpc://"),
+    ],
+)
+def test_well_formed_urls_are_accepted_without_connecting(
+    tmp_path: Path, broker: str, backend: str
+) -> None:
+    config = celery_config(Settings(var_dir=tmp_path, broker_url=broker, result_backend=backend))
+    assert (config["broker_url"], config["result_backend"]) == (broker, backend)
+
+
+def test_celery_leaves_stdout_and_stderr_alone_so_json_lines_stay_json(tmp_path: Path) -> None:
+    assert celery_config(Settings(var_dir=tmp_path))["worker_redirect_stdouts"] is False
