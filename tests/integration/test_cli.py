@@ -170,3 +170,17 @@ def test_keygen_prints_a_fernet_key(tmp_path: Path) -> None:
     result = Cli(tmp_path, tmp_path / "none.yaml")("keygen")
     assert result.returncode == 0
     Fernet(result.stdout.strip().encode())
+
+
+def test_took_is_the_task_total_not_the_steps_counted_twice() -> None:
+    from rich.console import Console
+
+    from rotator.cli_render import results_table
+    from rotator.results import RunResult
+
+    timed = RunResult("r" * 36, "db-0", "succeeded", timings_ms={"create": 40, "apply": 60})
+    tasked = RunResult("t" * 36, "db-1", "succeeded", timings_ms={"apply": 60, "task": 130})
+    console = Console(width=200, record=True)
+    console.print(results_table([timed, tasked]))
+    text = console.export_text()
+    assert "100 ms" in text and "130 ms" in text and "190 ms" not in text

@@ -17,6 +17,7 @@ from rotator.stores import Stage
 from tests.conftest import unique_role
 from tests.integration.conftest import PgPlan, PgPlanFactory, leaked
 from tests.services.celery_procs import rotator_env, running_worker, worker_env
+from tests.services.redis import start_redis_server
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +149,59 @@ def test_wait_without_a_worker_says_none_picked_the_run_up(
     assert "rotator run" in done.stderr and "Traceback" not in done.stderr
     assert "no outcome within 8 s" in done.stdout
     assert len(queued_files(plan)) == 1
+
+
+def test_losing_the_result_backend_during_wait_is_one_line_not_a_traceback(
+    pg_plan: PgPlanFactory, tmp_path: Path
+) -> None:
+    """The backend dies after the run was queued: --wait follows the history instead."""
+    plan = pg_plan()
+    backend = start_redis_server()
+    env = rotator_env(plan.runtime.settings, None, ROTATOR_RESULT_BACKEND=backend.url(1))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rotator.cli", "rotate", "db-0", "--wait", "--timeout", "8"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**worker_env(env), "COLUMNS": "200"},
+        cwd=tmp_path,
+    )
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()  # "<secret> <id>: queued as run <id>"
+        assert "queued as run" in first, first
+    finally:
+        backend.stop()
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stdout + stderr
+    assert "Traceback" not in stderr + stdout
+    notes = [line for line in stderr.splitlines() if "result backend" in line]
+    assert len(notes) == 1 and "history database" in notes[0], stderr
+    assert "no outcome within 8 s" in stdout
+    assert len(queued_files(plan)) == 1
+
+
+def test_overdue_inline_claims_the_slot_so_beat_cannot_rotate_it_again(
+    pg_plan: PgPlanFactory, tmp_path: Path
+) -> None:
+    """Invariant 3: the slot `--overdue --inline` rotated is `duplicate` for a worker later."""
+    from rotator import tasks
+
+    plan = pg_plan({"db-0": unique_role(), "db-1": unique_role()})
+    plan.runtime.engine.adopt("db-0", Credential(password=plan.initial[plan.roles["db-0"]]))
+    env = rotator_env(plan.runtime.settings, None)
+    done = rotator(env, tmp_path, "rotate", "--overdue", "--inline", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    [result] = json.loads(done.stdout)
+    assert (result["secret"], result["outcome"]) == ("db-1", "succeeded")
+    claim = plan.runtime.history.slot_claim("db-1", "first")
+    assert claim is not None and claim.run_id == result["run_id"]
+    run = plan.runtime.history.get_run(result["run_id"])
+    assert run is not None and run.slot == "first"
+
+    later = tasks._rotate_once(plan.runtime, "b" * 36, "db-1", "schedule", "first")
+    assert later["outcome"] == "duplicate"
+    assert [r.id for r in plan.runtime.history.runs("db-1") if r.status == "succeeded"] == [
+        result["run_id"]
+    ]
+    no_values([done.stdout, done.stderr], plan)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -79,6 +80,12 @@ def test_run_rotates_due_secrets_and_stops_cleanly(
     output = log.read_text(errors="replace")
     assert code == 0, output[-4000:]
     assert "Warm shutdown" in output
+    # ROTATOR_LOG_FORMAT=json: every structlog line (beat's included) is a JSON object as is,
+    # not wrapped in Celery's "[... WARNING/Beat]" redirection.
+    events = [line for line in output.splitlines() if '"event"' in line]
+    assert any("beat." in line for line in events), output[-4000:]
+    for line in events:
+        assert isinstance(json.loads(line), dict), line
     for secret in ("db-0", "pg-admin"):
         assert [r.id for r in runs(plan, secret) if r.status == "running"] == []
     final = plan.store.read("db-0", Stage.CURRENT)
@@ -86,3 +93,32 @@ def test_run_rotates_due_secrets_and_stops_cleanly(
     assert (
         leaked([output], [plan.initial[plan.roles["db-0"]], final.credential.password or ""]) == []
     )
+
+
+def test_run_exits_1_after_a_cold_shutdown(pg_plan: PgPlanFactory, tmp_path: Path) -> None:
+    """Ctrl-C twice: the second makes the warm shutdown cold, and rotations under way are cut."""
+    plan = pg_plan()
+    env = rotator_env(plan.runtime.settings, None, ROTATOR_LOG_FORMAT="json")
+    log = tmp_path / "run.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rotator.cli", "run", "-c", "1"],
+            cwd=tmp_path,
+            env=worker_env(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: " ready." in log.read_text(errors="replace"), process, log, timeout=60)
+        process.send_signal(signal.SIGINT)
+        wait_for(lambda: "again will" in log.read_text(errors="replace"), process, log, 30)
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=STOP_BOUND_SECONDS)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    output = log.read_text(errors="replace")
+    assert "terminate all running tasks" in output, output[-4000:]  # Celery went cold
+    assert code == 1, output[-4000:]
