@@ -71,10 +71,12 @@ class _Run:
     timings_ms: dict[str, int] = field(default_factory=dict)
     #: Where the run's secret values are registered for scrubbing while it lives.
     secrets: ExitStack = field(default_factory=ExitStack)
+    #: Admin secrets the rotator looked up during this run.
+    lookups: dict[str, Credential] = field(default_factory=dict)
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
     return lines[0] if lines else ""
 
 
@@ -107,9 +109,12 @@ class Engine:
 
     # -- wiring -----------------------------------------------------------------
 
-    def rotator_for(self, spec: SecretSpec) -> SecretRotator:
-        """A rotator for one run; the admin secrets it looks up are read once per run."""
-        looked_up: dict[str, Credential] = {}
+    def rotator_for(
+        self, spec: SecretSpec, looked_up: dict[str, Credential] | None = None
+    ) -> SecretRotator:
+        """A rotator for one run; the admin secrets it looks up are kept in `looked_up` (the
+        run clears it when a step fails, so a retry reads them again)."""
+        looked_up = {} if looked_up is None else looked_up
 
         def lookup(name: str) -> Credential:
             if name not in looked_up:
@@ -139,22 +144,26 @@ class Engine:
     ) -> RunResult:
         """Rotate one secret under its lease; RotationInProgress if another run holds it."""
         spec = self.plan.secret(name)
-        run_id = run_id or uuid.uuid4().hex
-        with self.leases.hold(name, run_id) as lease:
-            finished = self._already_finished(name, run_id)
+        trigger_id = run_id or uuid.uuid4().hex
+        with self.leases.hold(name, trigger_id) as lease:
+            finished = self._already_finished(name, trigger_id)
             if finished is not None:
                 return finished
             store = self.store_for(spec)
-            resumed_id = self.settle_interrupted(spec, store, run_id)
-            run_id = resumed_id or run_id
+            resumed_id = self.settle_interrupted(spec, store, trigger_id)
+            if resumed_id is not None and resumed_id != trigger_id:
+                self.history.record_resumed(trigger_id, name, trigger, slot, resumed_id)
+            run_id = resumed_id or trigger_id
             self.history.start_run(run_id, name, trigger, slot)
+            lookups: dict[str, Credential] = {}
             run = _Run(
                 spec=spec,
                 run_id=run_id,
                 store=store,
-                rotator=self.rotator_for(spec),
+                rotator=self.rotator_for(spec, lookups),
                 lease=lease,
                 log=log.bind(secret=name, run_id=run_id, trigger=trigger),
+                lookups=lookups,
             )
             if resumed_id:
                 run.log.info("rotation.resumed")
@@ -175,10 +184,21 @@ class Engine:
         """A run id that already ended (a redelivered message, a resent slot) is not run again:
         its new credential would be generated under a spent token, and its record rewritten."""
         recorded = self.history.get_run(run_id)
+        if recorded is not None and recorded.status == "resumed" and recorded.resumed_run_id:
+            recorded = self.history.get_run(recorded.resumed_run_id)  # its outcome is ours
         if recorded is None or recorded.status not in FINISHED:
             return None
-        log.info("rotation.already_finished", secret=name, run_id=run_id, status=recorded.status)
-        return RunResult(run_id, name, recorded.status, recorded.version_id, recorded.error)
+        log.info(
+            "rotation.already_finished", secret=name, run_id=recorded.id, status=recorded.status
+        )
+        return RunResult(
+            recorded.id,
+            name,
+            recorded.status,
+            recorded.version_id,
+            recorded.error,
+            resumed=recorded.id != run_id,
+        )
 
     def settle_interrupted(self, spec: SecretSpec, store: SecretStore, run_id: str) -> str | None:
         """The run of this secret a crash left unfinished, if any of it is left to finish.
@@ -231,19 +251,14 @@ class Engine:
                     return self.rollback(run, pending, current, previous, exc)
                 return self.finish(run, pending)
             except LockLost as exc:
-                # Another run holds the lease now and may be resuming this very run id:
-                # the history of the run is its to write, not ours.
-                error = scrub(f"{type(exc).__name__}: {exc}")
-                run.log.error("rotation.failed", error=error)
-                return RunResult(
-                    run.run_id, spec.name, "failed", error=error, timings_ms=run.timings_ms
-                )
+                return self._lost_result(run, exc)
             except RotatorError as exc:
                 return self._record_failure(run, exc)
             except Exception as exc:
                 # Not ours (a bug, a library error): it propagates, but its scrubbed text is
                 # taken now, while the run's values are still known (see `scrubbed_text`).
-                setattr(exc, SCRUBBED_TEXT, scrub(f"{type(exc).__name__}: {_first_line(exc)}"))
+                text = _first_line(scrub(str(exc)))  # scrubbed whole: a value may span lines
+                setattr(exc, SCRUBBED_TEXT, f"{type(exc).__name__}: {text}")
                 raise
 
     @contextmanager
@@ -279,7 +294,10 @@ class Engine:
             )
         else:
             self._guard_identity(run, pending.credential, current)
-            self.history.record_step(run.run_id, "create", "ok", 0, "reused PENDING")
+            if not self.history.record_step(
+                run.run_id, "create", "ok", 0, "reused PENDING", fence=run.lease
+            ):
+                raise self._lost(run)
         run.log.info("rotation.created", version_id=pending.version_id)
         self._hook("created")
         return pending
@@ -347,7 +365,10 @@ class Engine:
             run, "rollback", lambda: run.store.discard_pending(run.spec.path, pending.version_id)
         )
         error = scrub(str(reason))
-        self.history.finish_run(run.run_id, "rolled_back", pending.version_id, error)
+        if not self.history.finish_run(
+            run.run_id, "rolled_back", pending.version_id, error, fence=run.lease
+        ):
+            return self._lost_result(run, self._lost(run))
         run.log.warning("rotation.rolled_back", version_id=pending.version_id)
         return RunResult(
             run.run_id,
@@ -366,13 +387,16 @@ class Engine:
         Before a step that changes something outside the run (the store, the target) the
         lease is confirmed in the database, so a run that stalled past its lease (a paused
         process) stops there; a step that only reads (test) checks the renewal thread's
-        verdict, which costs no round trip.
+        verdict, which costs no round trip. Step events are written fenced by the lease: a
+        run that lost it stops at its next record and never writes into its successor's.
+        The finish step's event is the exception: once the promote happened, it did.
         """
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             detail = scrub(str(exc)) if exc else None
-            self.history.record_step(run.run_id, step, "retry", None, detail)
+            run.lookups.clear()  # a retry reads the admin secret again
+            self.history.record_step(run.run_id, step, "retry", None, detail, fence=run.lease)
             run.log.warning(
                 "rotation.retrying", step=step, attempt=state.attempt_number, error=detail
             )
@@ -385,14 +409,24 @@ class Engine:
             reraise=True,
         )
         started = time.monotonic()
-        for attempt in retrying:
-            with attempt:
-                run.lease.check(confirm)
-                result = action()
+        try:
+            for attempt in retrying:
+                with attempt:
+                    run.lease.check(confirm)
+                    result = action()
+        except RotatorError:
+            run.lookups.clear()  # a rollback reads the admin secret again
+            raise
         elapsed = int((time.monotonic() - started) * 1000)
         run.timings_ms[step] = run.timings_ms.get(step, 0) + elapsed
-        self.history.record_step(run.run_id, step, "ok", elapsed)
+        fence = None if step == "finish" else run.lease
+        if not self.history.record_step(run.run_id, step, "ok", elapsed, fence=fence):
+            raise self._lost(run)
         return result
+
+    @staticmethod
+    def _lost(run: _Run) -> LockLost:
+        return LockLost(f"the lease of secret {run.spec.name!r} was lost to another run")
 
     def _guard_identity(
         self, run: _Run, candidate: Credential, current: SecretVersion | None
@@ -429,9 +463,21 @@ class Engine:
         )
 
     def _record_failure(self, run: _Run, exc: RotatorError) -> RunResult:
+        """Record the run failed, unless its lease is gone: then the record is its successor's."""
         error = scrub(f"{type(exc).__name__}: {exc}")
-        self.history.record_step(run.run_id, "failed", "error", None, error)
-        self.history.finish_run(run.run_id, "failed", error=error)
+        if not self.history.record_step(
+            run.run_id, "failed", "error", None, error, fence=run.lease
+        ) or not self.history.finish_run(run.run_id, "failed", error=error, fence=run.lease):
+            return self._lost_result(run, self._lost(run))
+        run.log.error("rotation.failed", error=error)
+        return RunResult(
+            run.run_id, run.spec.name, "failed", error=error, timings_ms=run.timings_ms
+        )
+
+    def _lost_result(self, run: _Run, exc: LockLost) -> RunResult:
+        """Another run holds the lease now and may be resuming this very run id: the history
+        of the run is its to write, not ours."""
+        error = scrub(f"{type(exc).__name__}: {exc}")
         run.log.error("rotation.failed", error=error)
         return RunResult(
             run.run_id, run.spec.name, "failed", error=error, timings_ms=run.timings_ms

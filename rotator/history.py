@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     DateTime,
@@ -27,7 +27,9 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    exists,
     insert,
+    literal,
     select,
     text,
     update,
@@ -35,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql.expression import Exists
 
 
 def utcnow() -> datetime:
@@ -71,12 +74,14 @@ class Run(Base):
     secret: Mapped[str] = mapped_column(String(255), index=True)
     trigger: Mapped[str] = mapped_column(String(32))
     slot: Mapped[str | None] = mapped_column(String(64))
-    #: running, succeeded, rolled_back, failed, skipped, adopted
+    #: running, succeeded, rolled_back, failed, skipped, adopted, resumed
     status: Mapped[str] = mapped_column(String(16), index=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     version_id: Mapped[str | None] = mapped_column(String(128))
     error: Mapped[str | None] = mapped_column(Text)
+    #: For a `resumed` trigger: the interrupted run it resumed (that run records the outcome).
+    resumed_run_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class StepEvent(Base):
@@ -155,10 +160,9 @@ class Database:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # No pre-ping: it would add a round trip to each of a run's transactions. A connection
-        # the server dropped fails its statement instead; SQLAlchemy then discards the whole
-        # pool, and the caller's retry (the engine's steps, the task's) gets fresh connections.
-        self.engine: Engine = create_engine(url, pool_recycle=1800)
+        # Pre-ping: a connection the server dropped (a restart, a failover) is replaced before
+        # a statement fails on it, so a run survives a history database restart between steps.
+        self.engine: Engine = create_engine(url, pool_pre_ping=True)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -204,6 +208,21 @@ class Database:
         self.engine.dispose()
 
 
+class HeldLease(Protocol):
+    """A lease a run holds (rotator.locks.SecretLease): fenced writes name it."""
+
+    secret: str
+    owner: str
+    fence: int
+
+
+def _still_held(lease: HeldLease) -> Exists:
+    """True in the database while `lease` is the secret's current lease (no one took it over)."""
+    return exists().where(
+        Lease.secret == lease.secret, Lease.owner == lease.owner, Lease.fence == lease.fence
+    )
+
+
 class History:
     """The queries of runs and step events."""
 
@@ -236,28 +255,55 @@ class History:
         status: str,
         duration_ms: int | None = None,
         detail: str | None = None,
-    ) -> None:
+        fence: HeldLease | None = None,
+    ) -> bool:
+        """Append a step event; with `fence`, only while that lease is still the secret's
+        (one statement: a run that lost its lease never writes into its successor's record)."""
+        values = {
+            "run_id": run_id,
+            "step": step,
+            "status": status,
+            "at": utcnow(),
+            "duration_ms": duration_ms,
+            "detail": detail,
+        }
         with self.database.statement() as session:
-            session.execute(
-                insert(StepEvent).values(
-                    run_id=run_id,
-                    step=step,
-                    status=status,
-                    at=utcnow(),
-                    duration_ms=duration_ms,
-                    detail=detail,
-                )
-            )
+            if fence is None:
+                session.execute(insert(StepEvent).values(**values))
+                return True
+            table = StepEvent.__table__.c
+            row = select(*(literal(value, table[name].type) for name, value in values.items()))
+            fenced = insert(StepEvent).from_select(list(values), row.where(_still_held(fence)))
+            return bool(session.execute(fenced).rowcount)  # type: ignore[attr-defined]
 
     def finish_run(
-        self, run_id: str, status: str, version_id: str | None = None, error: str | None = None
-    ) -> None:
+        self,
+        run_id: str,
+        status: str,
+        version_id: str | None = None,
+        error: str | None = None,
+        fence: HeldLease | None = None,
+    ) -> bool:
+        """Record a run's outcome; with `fence`, only while that lease is still the secret's."""
+        query = update(Run).where(Run.id == run_id)
+        if fence is not None:
+            query = query.where(_still_held(fence))
+        values = {"status": status, "finished_at": utcnow(), "version_id": version_id}
         with self.database.statement() as session:
-            session.execute(
-                update(Run)
-                .where(Run.id == run_id)
-                .values(status=status, finished_at=utcnow(), version_id=version_id, error=error)
+            result = session.execute(query.values(**values, error=error))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def record_resumed(
+        self, run_id: str, secret: str, trigger: str, slot: str | None, resumed_run_id: str
+    ) -> None:
+        """`run_id` (a trigger) resumed `resumed_run_id`: a redelivery of it must not rotate
+        again while that run's outcome stands."""
+        with self.database.session() as session:
+            run = session.get(Run, run_id) or Run(
+                id=run_id, secret=secret, trigger=trigger, slot=slot, started_at=utcnow()
             )
+            run.status, run.finished_at, run.resumed_run_id = "resumed", utcnow(), resumed_run_id
+            session.add(run)
 
     def get_run(self, run_id: str) -> Run | None:
         with self.database.statement() as session:
@@ -276,8 +322,10 @@ class History:
             return list(session.scalars(query))
 
     def last_run(self, secret: str, statuses: Sequence[str] | None = None) -> Run | None:
-        with self.database.session() as session:
-            query = select(Run).where(Run.secret == secret)
+        """The newest run of `secret` (with one of `statuses`); a trigger recorded `resumed`
+        is not one: the run it resumed holds the outcome."""
+        with self.database.statement() as session:
+            query = select(Run).where(Run.secret == secret, Run.status != "resumed")
             if statuses is not None:
                 query = query.where(Run.status.in_(statuses))
             query = query.order_by(Run.started_at.desc()).limit(1)

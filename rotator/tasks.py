@@ -218,13 +218,14 @@ def _unexpected(exc: Exception, run_id: str, name: str, bound: Any) -> dict[str,
     one not yet stored included) were known; the stored values are cut out again here, and
     when they cannot be read, the text is withheld.
     """
-    lines = str(exc).strip().splitlines()
-    first = scrubbed_text(exc) or (f"{type(exc).__name__}: {lines[0]}" if lines else "")
     values = _stored_values(name)
     if values is None:
         text = "(text withheld: the secret's values could not be read to cut them out)"
     else:
-        text = scrub(first.removeprefix(f"{type(exc).__name__}: "), values)[:MAX_ERROR]
+        # Scrubbed whole before it is cut to one line: a value may span lines.
+        whole = scrub(scrubbed_text(exc) or str(exc), values)
+        lines = whole.strip().splitlines()
+        text = (lines[0] if lines else "").removeprefix(f"{type(exc).__name__}: ")[:MAX_ERROR]
     error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     bound.error("rotate.unexpected_error", error=error, where=_where(exc.__traceback__))
     return _outcome(run_id, name, "failed", error)

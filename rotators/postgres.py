@@ -208,17 +208,16 @@ class PostgresPasswordRotator(SecretRotator):
         if _PASSWORD_REQUIRED is None:  # libpq < 16 cannot insist: prove it with a decoy
             self._require_password_checks(credential)
         else:
-            PASSWORD_CHECKS.record(self._server_key())
+            PASSWORD_CHECKS.record(self._login_key(credential))
 
     def _require_password_checks(self, credential: Credential) -> None:
         """A server that lets any password in (trust) makes a successful login prove nothing.
 
-        Checked before a change; a recent proof for the same server is reused, so bulk
-        rotations pay for it once (`test` itself insists on a password every time).
+        Checked before a change; a recent proof for the same login settings (a successful
+        `test`, which insists on a password, or a refused decoy) is reused.
         """
-        # Per server, not per role: bulk rotations of many roles pay for one decoy. A pg_hba
-        # line that trusts just one role is still caught by `test`, which insists on a password.
-        key = self._server_key()
+        # Per role: pg_hba may trust one role of a server that checks the others' passwords.
+        key = self._login_key(credential)
         if PASSWORD_CHECKS.proven(key):
             return
         decoy = credential.replace(password="decoy-" + secrets.token_urlsafe(24))
@@ -237,9 +236,10 @@ class PostgresPasswordRotator(SecretRotator):
             "use scram-sha-256 authentication for this role"
         )
 
-    def _server_key(self) -> tuple[tuple[tuple[str, str], ...], str]:
-        """The server's connection settings, with no login: what a trust proof is kept by."""
-        return connection_key(connect_kwargs(self.target, "", ""))
+    def _login_key(self, credential: Credential) -> tuple[tuple[tuple[str, str], ...], str]:
+        """The login's connection settings without its password: what a trust proof is kept by."""
+        username = credential.username or self.target.username
+        return connection_key(connect_kwargs(self.target, username, ""))
 
     @contextmanager
     def _statement_errors(self, username: str | None) -> Iterator[None]:

@@ -89,7 +89,9 @@ def test_crash_at_step_boundary_is_resumed_to_one_new_credential(
     assert not plan.logs_in("db-0", old.credential.password)
     assert len(stored_rows(plan.runtime.database, "db-0")) == 2  # first rotation + this one
     runs = plan.runtime.history.runs("db-0")
-    assert sorted(r.status for r in runs) == ["succeeded", "succeeded"]
+    # The trigger that resumed the crashed run is recorded too, naming the run it resumed.
+    assert sorted(r.status for r in runs) == ["resumed", "succeeded", "succeeded"]
+    assert [r.resumed_run_id for r in runs if r.status == "resumed"] == ["crashed-run"]
     assert [r.version_id for r in runs if r.id == "crashed-run"] == [new.version_id]
     finishes = [e for e in plan.runtime.history.steps("crashed-run") if e.step == "finish"]
     assert len(finishes) == 1
