@@ -16,13 +16,16 @@ with -9 (see docs/operations.md).
 
 from __future__ import annotations
 
+import io
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from celery.app.backends import by_url
 from celery.exceptions import ImproperlyConfigured
+from celery.signals import beat_init, worker_init
 from kombu.transport import resolve_transport
 from kombu.utils.url import maybe_sanitize_url, parse_url
 
@@ -154,6 +157,19 @@ def _check_backend_url(url: str) -> None:
         raise _url_error("ROTATOR_RESULT_BACKEND", url, "no such backend", example) from None
     except ValueError as exc:
         raise _url_error("ROTATOR_RESULT_BACKEND", url, str(exc), example) from None
+
+
+def whole_lines(**_: object) -> None:
+    """Each log line leaves in one write, so the pool processes and beat, which share the
+    stream, cannot interleave two JSON lines (print() writes the text and the newline apart,
+    and Python's stderr passes every write straight through)."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(write_through=False, line_buffering=True)
+
+
+worker_init.connect(whole_lines, weak=False)
+beat_init.connect(whole_lines, weak=False)
 
 
 def _configure() -> dict[str, Any]:
