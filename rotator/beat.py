@@ -83,6 +83,8 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
         self._known: dict[str, tuple[SecretState, Slot]] = {}
         self._due: list[tuple[float, str, str]] = []
         self._next_refresh = 0.0
+        #: Consecutive history outages; each doubles the wait before the next try.
+        self._outages = 0
         self._entries: dict[str, ScheduleEntry] | None = None
         super().__init__(app, *args, **kwargs)
 
@@ -116,7 +118,7 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
             if self._settings is None:
                 self.setup_schedule()
             self._maybe_reload()
-            if self._database is None:
+            if self._database is None and time.monotonic() >= self._next_refresh:
                 self._connect()
             leading = self._leader.ensure() if self._leader is not None else False
             self._tick(leading)
@@ -183,8 +185,9 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
             self._database = open_database(self._settings)
         except Exception as exc:  # beat must live: a bad URL is logged, not fatal
             error = str(exc) if isinstance(exc, RotatorError) else f"{type(exc).__name__}: {exc}"
-            log.error("beat.history_unavailable", error=error[:300])
+            self._history_outage(error=error[:300])
             return
+        self._outages = 0
         ttl = max(self.leader_ttl_intervals * self.max_interval, 5.0)
         broker = str(self.app.conf.broker_url or "")
         try:
@@ -197,6 +200,14 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
             )
             self._leader = LeaseLeadership(self._database, ttl)
 
+    def _history_outage(self, **details: str) -> None:
+        """Log the outage and wait longer before each next try (max_interval, doubling, up to
+        the refresh interval), so an unreachable database is not asked many times a second."""
+        self._outages += 1
+        delay = min(self.max_interval * 2 ** (self._outages - 1), self.refresh_interval)
+        self._next_refresh = time.monotonic() + max(delay, 0.05)
+        log.error("beat.history_unavailable", attempt=self._outages, retry_in=delay, **details)
+
     def _refresh(self) -> bool:
         """Bulk-read history and recompute every slot; False (logged) on a history outage."""
         plan, database = self._plan, self._database
@@ -207,9 +218,9 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
         try:
             states, busy = load_states(database, self._first_seen)
         except Exception as exc:
-            log.error("beat.history_unavailable", error=type(exc).__name__, detail=str(exc)[:200])
-            self._next_refresh = time.monotonic() + self.max_interval
+            self._history_outage(error=type(exc).__name__, detail=str(exc)[:200])
             return False
+        self._outages = 0
         self._refresh_failed = False
         now = datetime.now(UTC)
         self._busy = busy & plan.secrets.keys()

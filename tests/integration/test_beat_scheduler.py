@@ -331,10 +331,14 @@ def test_a_history_outage_is_logged_and_beat_keeps_ticking(
     monkeypatch.setenv("ROTATOR_DATABASE_URL", nowhere)
     with capture_logs() as logs:
         scheduler = make_scheduler()
-        waits = [scheduler.tick() for _ in range(2)]
-    assert all(wait > 0 for wait in waits)
+        waits = [scheduler.tick() for _ in range(20)]
+        first = [e for e in logs if e["event"] == "beat.history_unavailable"]
+        scheduler._next_refresh = 0.0  # the retry time has come
+        scheduler.tick()
+    assert all(wait > 0.05 for wait in waits)  # waits for the retry time, never spins
     outages = [e for e in logs if e["event"] == "beat.history_unavailable"]
-    assert len(outages) >= 2 and "history database" in outages[0]["error"]
+    assert len(first) == 1 and "history database" in first[0]["error"]  # one try, not twenty
+    assert len(outages) == 2 and outages[1]["retry_in"] == 2 * outages[0]["retry_in"]
     assert sent(fresh_redis_url) == []
 
 
