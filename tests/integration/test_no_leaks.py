@@ -5,7 +5,7 @@ careless plugin that puts the password in its error messages) runs with
 hostile passwords; then every place a value could escape is searched for
 every value: log events, the JSON lines the logger writes to stderr, run
 results, every column of every history table, reprs, and the PostgreSQL
-statement log. (The rotator logs through structlog's PrintLoggerFactory, not
+statement log. (The rotator logs through structlog's WriteLoggerFactory, not
 stdlib logging, so the rendered stderr lines are what a deployment keeps.)
 """
 
