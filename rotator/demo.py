@@ -180,8 +180,10 @@ def set_up(console: Console, secrets_count: int) -> DemoSetup:
     workdir: Path | None = None
     server: LocalPostgres | None = None
     try:  # Ctrl-C or a failure at any point leaves no directory and no server behind
-        workdir = Path(tempfile.mkdtemp(prefix="rotator-demo-"))
-        server = LocalPostgres()
+        with _signals_held():  # made and remembered at once: Ctrl-C cannot fall in between
+            workdir = Path(tempfile.mkdtemp(prefix="rotator-demo-"))
+        with _signals_held():
+            server = LocalPostgres()
         server.start()
         roles = {f"demo-app-{i}": f"demo_app_{i}" for i in range(1, secrets_count + 1)}
         initial = {role: secrets.token_urlsafe(18) for role in [ADMIN_ROLE, *roles.values()]}
@@ -203,6 +205,17 @@ def set_up(console: Console, secrets_count: int) -> DemoSetup:
             shutil.rmtree(workdir, ignore_errors=True)
         raise
     return DemoSetup(workdir, server, roles, settings, runtime)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP wait for the block to end (then arrive as usual)."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def _interrupt(signum: int, _frame: object) -> None:
