@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from celery import Celery
 
@@ -36,36 +36,21 @@ def worker_env(settings: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-class CeleryWorker:
-    """One `celery -A rotator worker` process group."""
+class CeleryProcess:
+    """One `celery -A rotator ...` process group, its output in a log file the test reads."""
 
-    def __init__(
-        self,
-        env: Mapping[str, str],
-        cwd: Path,
-        concurrency: int = 2,
-        extra: tuple[str, ...] = (),
-    ) -> None:
+    #: What the process prints once it is ready, and what the error texts call it.
+    ready_text = ""
+    what = "celery"
+
+    def __init__(self, env: Mapping[str, str], cwd: Path, logfile: Path, args: list[str]) -> None:
         self.env = worker_env(env)
         self.cwd = cwd
-        self.name = f"w{secrets.token_hex(4)}@%h"
-        self.logfile = cwd / f"worker-{secrets.token_hex(4)}.log"
-        self.args = [
-            CELERY,
-            "-A",
-            "rotator",
-            "worker",
-            "--loglevel=INFO",
-            f"--concurrency={concurrency}",
-            "-n",
-            self.name,
-            "--without-gossip",
-            "--without-mingle",
-            *extra,
-        ]
+        self.logfile = logfile
+        self.args = [CELERY, "-A", "rotator", *args]
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> CeleryWorker:
+    def start(self, timeout: float = 60.0) -> Self:
         with open(self.logfile, "wb") as out:
             self.process = subprocess.Popen(
                 self.args,
@@ -75,20 +60,24 @@ class CeleryWorker:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.wait_for_log(" ready.", timeout)
+        self.wait_for_log(self.ready_text, timeout)
         return self
 
     def log(self) -> str:
         return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
 
-    def wait_for_log(self, text: str, timeout: float = 60.0) -> None:
+    def wait_for_log(self, text: str, timeout: float = 60.0, count: int = 1) -> None:
+        """Until `text` appears `count` times in the output."""
         deadline = time.monotonic() + timeout
-        while text not in self.log():
+        while self.log().count(text) < count:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"celery worker exited early:\n{self.log()[-4000:]}")
+                raise RuntimeError(f"{self.what} exited early:\n{self.log()[-4000:]}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no {text!r} from the worker:\n{self.log()[-4000:]}")
+                raise TimeoutError(f"no {text!r} from {self.what}:\n{self.log()[-4000:]}")
             time.sleep(0.1)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 30.0) -> None:
         """Warm shutdown (SIGTERM to the main process), then SIGKILL to the group."""
@@ -99,6 +88,41 @@ class CeleryWorker:
             self.process.wait(timeout=timeout)
         self.kill9()
 
+    def kill9(self) -> None:
+        """SIGKILL to the whole process group: the main process and every child."""
+        if self.process is None:
+            return
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+class CeleryWorker(CeleryProcess):
+    """One `celery -A rotator worker` process group."""
+
+    ready_text = " ready."
+    what = "celery worker"
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        cwd: Path,
+        concurrency: int = 2,
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        self.name = f"w{secrets.token_hex(4)}@%h"
+        args = [
+            "worker",
+            "--loglevel=INFO",
+            f"--concurrency={concurrency}",
+            "-n",
+            self.name,
+            "--without-gossip",
+            "--without-mingle",
+            *extra,
+        ]
+        super().__init__(env, cwd, cwd / f"worker-{secrets.token_hex(4)}.log", args)
+
     def pool_children(self) -> list[int]:
         """Process ids of the main process's children (the prefork pool), from /proc."""
         assert self.process is not None
@@ -107,14 +131,6 @@ class CeleryWorker:
             with open(f"/proc/{self.process.pid}/task/{thread}/children") as handle:
                 children += [int(pid) for pid in handle.read().split()]
         return children
-
-    def kill9(self) -> None:
-        """SIGKILL to the whole process group: the main process and every pool child."""
-        if self.process is None:
-            return
-        with suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
 
 
 @contextmanager
