@@ -96,11 +96,11 @@ def _check_replacement(
 
 def _identity_problem(rotator: SecretRotator, credential: Credential) -> str | None:
     """Why `credential` is not for the login the target block names, or None."""
-    for field_name in rotator.identity_fields:
-        expected = getattr(rotator.target, field_name, None)
-        if expected is not None and credential.get(field_name) != expected:
+    for field_name, allowed in rotator.expected_identity().items():
+        if credential.get(field_name) not in allowed:
+            expected = " or ".join(repr(value) for value in allowed)
             return (
                 f"its {field_name} is {credential.get(field_name)!r} "
-                f"but the target block says {expected!r}"
+                f"but the target block says {expected}"
             )
     return None

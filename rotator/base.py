@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from functools import cache
 from importlib.metadata import entry_points
 from typing import ClassVar
@@ -73,6 +74,35 @@ class SecretRotator:
         """
         return None
 
+    @classmethod
+    def schedule_problem(cls, target: BaseModel, shortest_interval: timedelta) -> str | None:
+        """Why rotating `target` this often cannot work, or None (checked at load time).
+
+        `shortest_interval` is the shortest gap between two scheduled rotations, e.g. a
+        credential that expires by itself must be replaced before it does.
+        """
+        return None
+
+    def expected_identity(self) -> dict[str, tuple[object, ...]]:
+        """For each identity field the target block names, the values a credential may carry.
+
+        The confused-deputy guard refuses a stored or generated credential whose identity is
+        not among them. A field the block leaves out is compared with CURRENT instead.
+        """
+        expected: dict[str, tuple[object, ...]] = {}
+        for name in self.identity_fields:
+            value = getattr(self.target, name, None)
+            if value is not None:
+                expected[name] = (value,)
+        return expected
+
+    def rotate_by(self, credential: Credential) -> datetime | None:
+        """When `credential` stops working by itself (a lease that expires), if it does.
+
+        The scheduler starts the next rotation before then, whatever the schedule says.
+        """
+        return None
+
     def generate(self, current: Credential | None) -> Credential:
         """A new credential, fresh randomness from `secrets`; touches nothing."""
         raise NotImplementedError
@@ -92,7 +122,9 @@ class SecretRotator:
         raise NotImplementedError
 
     def retire(self, previous: Credential) -> None:
-        """Revoke what is no longer needed. Idempotent; the default keeps it."""
+        """Revoke a credential no longer needed: PREVIOUS once its grace period has passed,
+        or a PENDING that a rollback dropped. Idempotent (revoking what is already revoked
+        is success); the default keeps it."""
 
 
 RotatorRegistry = Mapping[str, type[SecretRotator]]

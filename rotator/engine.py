@@ -438,17 +438,19 @@ class Engine:
         the new credential must at least agree with CURRENT.
         """
         stored = current.credential if current is not None else None
+        named = run.rotator.expected_identity()
         for name in run.rotator.identity_fields:
-            expected = getattr(run.spec.target, name, None)
-            if expected is None and stored is not None:
-                expected = stored.get(name)
-            if expected is None:
+            allowed = named.get(name)
+            if allowed is None and stored is not None and stored.get(name) is not None:
+                allowed = (stored.get(name),)
+            if allowed is None:
                 continue
             for label, credential in (("new credential", candidate), ("CURRENT", stored)):
-                if credential is not None and credential.get(name) != expected:
+                if credential is not None and credential.get(name) not in allowed:
+                    expected = " or ".join(repr(value) for value in allowed)
                     raise StoreError(
                         f"refusing to rotate {run.spec.name!r}: the {label}'s {name} is "
-                        f"{credential.get(name)!r}, expected {expected!r}; fix the stored value"
+                        f"{credential.get(name)!r}, expected {expected}; fix the stored value"
                     )
 
     def _hook(self, point: str) -> None:
