@@ -1,0 +1,211 @@
+"""A small API-key provider over real HTTP, for the api-key rotator's tests.
+
+A `ThreadingHTTPServer` on a free loopback port:
+
+* `POST /keys` with `Authorization: Bearer <admin key>` and a JSON body `{"name": ...,
+  "admin": bool}` -> 201 `{"key": {"id": "k-...", "secret": "sk_..."}, "name": ...}`;
+* `GET /whoami` with `Authorization: Bearer <key>` -> 200 `{"id": ...}`, else 401;
+* `DELETE /keys/{id}` with an admin key -> 204; an unknown or deleted id -> 404.
+
+A wrong admin key is 401, a key without admin rights 403. Tests can make the next calls of a
+route answer 503 (`fail_next`), hold replies (`delay_seconds`), issue keys that never work
+(`broken_new_keys`) and have error bodies echo the key they were sent (`echo_keys`), as
+careless providers do. Every request is recorded (method, path, JSON body, auth header).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from rotator.devservers import free_port
+
+
+@dataclass
+class Key:
+    id: str
+    secret: str
+    name: str
+    admin: bool
+    works: bool = True
+
+
+@dataclass
+class Seen:
+    """One request as the service received it."""
+
+    method: str
+    path: str
+    body: Any
+    authorization: str | None
+    query: str = ""
+    status: int = 0
+
+
+@dataclass
+class KeyService:
+    host: str = "127.0.0.1"
+    port: int = field(default_factory=free_port)
+    keys: dict[str, Key] = field(default_factory=dict)
+    requests: list[Seen] = field(default_factory=list)
+    #: route ("create", "whoami", "revoke") -> how many of its next calls answer 503.
+    failures: dict[str, int] = field(default_factory=dict)
+    delay_seconds: float = 0.0
+    broken_new_keys: bool = False
+    echo_keys: bool = False
+    _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> KeyService:
+        service = self
+
+        class Handler(_Handler):
+            keyservice = service
+
+        server = ThreadingHTTPServer((self.host, self.port), Handler)
+        server.daemon_threads = True
+        server.block_on_close = False
+        self._server = server
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def issue(self, name: str = "seed", admin: bool = False) -> Key:
+        """A key made directly (as an operator would in the provider's console)."""
+        with self._lock:
+            key = Key(
+                id=f"k-{secrets.token_hex(6)}",
+                secret=f"sk_{secrets.token_urlsafe(24)}",
+                name=name,
+                admin=admin,
+                works=not self.broken_new_keys,
+            )
+            self.keys[key.id] = key
+            return key
+
+    def fail_next(self, route: str, count: int) -> None:
+        with self._lock:
+            self.failures[route] = count
+
+    def works(self, secret: str) -> bool:
+        """Whether the service accepts `secret` right now."""
+        return self._key_of(f"Bearer {secret}") is not None
+
+    def seen(self, method: str, prefix: str = "/") -> list[Seen]:
+        return [r for r in self.requests if r.method == method and r.path.startswith(prefix)]
+
+    def all_secrets(self) -> list[str]:
+        return [key.secret for key in self.keys.values()]
+
+    def _key_of(self, authorization: str | None) -> Key | None:
+        if not authorization or not authorization.startswith("Bearer "):
+            return None
+        token = authorization.removeprefix("Bearer ")
+        with self._lock:
+            for key in self.keys.values():
+                if key.works and secrets.compare_digest(key.secret, token):
+                    return key
+        return None
+
+    def _take_failure(self, route: str) -> bool:
+        with self._lock:
+            left = self.failures.get(route, 0)
+            if left > 0:
+                self.failures[route] = left - 1
+            return left > 0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    keyservice: KeyService
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        service = self.keyservice
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        target = urlsplit(self.path)
+        body = json.loads(raw) if raw else None
+        seen = Seen(self.command, target.path, body, self.headers["Authorization"], target.query)
+        service.requests.append(seen)
+        if service.delay_seconds:
+            time.sleep(service.delay_seconds)
+        status, body = self._route(service, seen)
+        seen.status = status
+        self._reply(status, body)
+
+    def _route(self, service: KeyService, seen: Seen) -> tuple[int, Any]:
+        route = self._route_name(seen)
+        if route is None:
+            return 404, {"error": "no such route"}
+        if service._take_failure(route):
+            return 503, self._error("try again later", seen)
+        caller = service._key_of(seen.authorization)
+        if caller is None:
+            return 401, self._error("unknown key", seen)
+        if route == "whoami":
+            return 200, {"id": caller.id, "name": caller.name}
+        if not caller.admin:
+            return 403, self._error("not an admin key", seen)
+        if route == "create":
+            body = seen.body if isinstance(seen.body, dict) else {}
+            key = service.issue(str(body.get("name", "")), bool(body.get("admin", False)))
+            return 201, {"key": {"id": key.id, "secret": key.secret}, "name": key.name}
+        key_id = seen.path.removeprefix("/keys/")
+        with service._lock:
+            removed = service.keys.pop(key_id, None)
+        return (204, None) if removed is not None else (404, {"error": "no such key"})
+
+    @staticmethod
+    def _route_name(seen: Seen) -> str | None:
+        if seen.method == "POST" and seen.path == "/keys":
+            return "create"
+        if seen.method == "GET" and seen.path == "/whoami":
+            return "whoami"
+        if seen.method == "DELETE" and seen.path.startswith("/keys/"):
+            return "revoke"
+        return None
+
+    def _error(self, message: str, seen: Seen) -> dict[str, Any]:
+        if self.keyservice.echo_keys:
+            return {"error": message, "you_sent": seen.authorization}
+        return {"error": message}
+
+    def _reply(self, status: int, body: Any) -> None:
+        data = b"" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        if data:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def start_keyservice() -> KeyService:
+    return KeyService().start()
