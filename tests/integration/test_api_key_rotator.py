@@ -13,13 +13,15 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from rotator.base import RotatorContext
 from rotator.credential import Credential
 from rotator.errors import ConfigError, CredentialRejected, RotatorError, TransientError
 from rotator.logging import redact
+from rotator.passwords import PasswordPolicy
 from rotator.runtime import Runtime
 from rotator.schedule import load_plan
 from rotator.stores import SecretStore, Stage
-from rotators.api_key import ApiKeyRotator
+from rotators.api_key import ApiKeyRotator, ApiKeyTarget
 from tests.conftest import RuntimeFactory, SchedulesWriter
 from tests.integration.conftest import dump_tables, leaked, value_forms
 from tests.services.keyservice import KeyService
@@ -421,3 +423,72 @@ def test_adopting_a_value_without_an_api_key_is_refused(key_plan: KeyPlanFactory
     adopted = plan.runtime.engine.adopt(APP, Credential(api_key="sk_abcdefgh", key_id=42))
     assert adopted.outcome == "adopted"
     assert plan.credential(APP, Stage.CURRENT)["key_id"] == "42"
+
+
+# -- transport ----------------------------------------------------------------------------
+
+
+def bare_rotator(service: KeyService, admin: Credential, **extra: Any) -> ApiKeyRotator:
+    """A rotator outside any engine; its admin lookup always answers `admin`."""
+    target = ApiKeyTarget.model_validate(key_target(service, admin_secret=ADMIN, **extra))
+    return ApiKeyRotator(target, RotatorContext(APP, PasswordPolicy(), lambda name: admin))
+
+
+def test_https_certificates_are_checked_by_default(tls_keyservice: KeyService) -> None:
+    service = tls_keyservice
+    assert service.tls is not None and service.url.startswith("https://")
+    admin = service.issue("admin", admin=True)
+    credential = Credential(api_key=admin.secret, key_id=admin.id)
+
+    with pytest.raises(ConfigError, match=r"TLS verification failed \(set target\.tls\.ca_cert"):
+        bare_rotator(service, credential).test(credential)
+    assert service.requests == []  # refused before a key was sent
+
+    trusting = bare_rotator(service, credential, tls={"ca_cert": str(service.tls[0])})
+    trusting.test(credential)
+    new = trusting.generate(None)
+    trusting.test(new)
+    trusting.retire(new)
+    assert not service.works(new["api_key"])
+
+
+def test_a_redirect_is_not_followed(keyservice: KeyService) -> None:
+    """A key header would follow a redirect to any host: the rotator stops at the 3xx."""
+    admin = keyservice.issue("admin", admin=True)
+    credential = Credential(api_key=admin.secret, key_id=admin.id)
+    rotator = bare_rotator(keyservice, credential, verify={"url": f"{keyservice.url}/moved"})
+
+    with pytest.raises(ConfigError, match=r"/moved answered verify with a redirect \(HTTP 302\)"):
+        rotator.test(credential)
+    assert [r.path for r in keyservice.requests] == ["/moved"]
+
+
+def test_netrc_credentials_never_replace_the_key_under_test(
+    keyservice: KeyService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password elses\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    admin = keyservice.issue("admin", admin=True)
+    rotator = bare_rotator(keyservice, Credential(api_key=admin.secret))
+
+    with pytest.raises(CredentialRejected):
+        rotator.test(Credential(api_key="sk_not_a_key"))
+    rotator.test(Credential(api_key=admin.secret))
+    sent = [r.authorization for r in keyservice.requests]
+    assert sent == ["Bearer sk_not_a_key", f"Bearer {admin.secret}"]
+
+
+def test_a_reply_without_the_key_names_the_pointer_and_the_request(keyservice: KeyService) -> None:
+    admin = keyservice.issue("admin", admin=True)
+    create = {**key_target(keyservice)["create"], "key_pointer": "/key/token"}
+    rotator = bare_rotator(keyservice, Credential(api_key=admin.secret), create=create)
+
+    with pytest.raises(ConfigError) as raised:
+        rotator.generate(None)
+
+    text = str(raised.value)
+    assert "no usable key at /key/token in the reply" in text
+    assert re.search(r"request [0-9a-f]{32} may have left an unused key at the provider", text)
+    assert not any(key.secret in text for key in keyservice.keys.values())

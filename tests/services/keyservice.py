@@ -7,22 +7,33 @@ A `ThreadingHTTPServer` on a free loopback port:
 * `GET /whoami` with `Authorization: Bearer <key>` -> 200 `{"id": ...}`, else 401;
 * `DELETE /keys/{id}` with an admin key -> 204; an unknown or deleted id -> 404.
 
-A wrong admin key is 401, a key without admin rights 403. Tests can make the next calls of a
-route answer 503 (`fail_next`), hold replies (`delay_seconds`), issue keys that never work
+`GET /moved` redirects to `/whoami` (a client must not follow it). Given a certificate and
+key (`self_signed_cert` makes them), it speaks https. A wrong admin key is 401, a key
+without admin rights 403. Tests can make the next calls of a route answer 503
+(`fail_next`), hold replies (`delay_seconds`), issue keys that never work
 (`broken_new_keys`) and have error bodies echo the key they were sent (`echo_keys`), as
 careless providers do. Every request is recorded (method, path, JSON body, auth header).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from rotator.devservers import free_port
 
@@ -59,12 +70,14 @@ class KeyService:
     delay_seconds: float = 0.0
     broken_new_keys: bool = False
     echo_keys: bool = False
+    #: (certificate file, key file): serve https instead of http.
+    tls: tuple[Path, Path] | None = None
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def start(self) -> KeyService:
         service = self
@@ -75,6 +88,10 @@ class KeyService:
         server = ThreadingHTTPServer((self.host, self.port), Handler)
         server.daemon_threads = True
         server.block_on_close = False
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         self._server = server
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return self
@@ -162,6 +179,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, service: KeyService, seen: Seen) -> tuple[int, Any]:
         route = self._route_name(seen)
+        if route == "moved":
+            return 302, None
         if route is None:
             return 404, {"error": "no such route"}
         if service._take_failure(route):
@@ -186,6 +205,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _route_name(seen: Seen) -> str | None:
         if seen.method == "POST" and seen.path == "/keys":
             return "create"
+        if seen.path == "/moved":
+            return "moved"
         if seen.method == "GET" and seen.path == "/whoami":
             return "whoami"
         if seen.method == "DELETE" and seen.path.startswith("/keys/"):
@@ -200,6 +221,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _reply(self, status: int, body: Any) -> None:
         data = b"" if body is None else json.dumps(body).encode()
         self.send_response(status)
+        if status == 302:
+            self.send_header("Location", "/whoami")
         if data:
             self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -207,5 +230,37 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def start_keyservice() -> KeyService:
-    return KeyService().start()
+def start_keyservice(tls: tuple[Path, Path] | None = None) -> KeyService:
+    return KeyService(tls=tls).start()
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key: (certificate file, key file)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keyservice test CA")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "keyservice.crt", directory / "keyservice.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
