@@ -16,8 +16,10 @@ import structlog
 from rotator.base import SecretRotator
 from rotator.credential import Credential
 from rotator.errors import ConfigError, CredentialRejected, RotationInProgress
+from rotator.history import RetireLater, utcnow
 from rotator.logging import secret_values
 from rotator.results import RunResult
+from rotator.retirement import retire_outgoing, retires
 from rotator.stores import Stage
 
 if TYPE_CHECKING:
@@ -27,9 +29,19 @@ log = structlog.get_logger("rotator.adoption")
 
 
 def adopt(
-    engine: Engine, name: str, credential: Credential, replace_pending: bool = False
+    engine: Engine,
+    name: str,
+    credential: Credential,
+    replace_pending: bool = False,
+    rotate: bool | None = None,
 ) -> RunResult:
-    """Store `credential` as the CURRENT value of secret `name`, under its lease."""
+    """Store `credential` as the CURRENT value of secret `name`, under its lease.
+
+    `rotate` (default: the secret's `rotate_on_adopt`) asks for a rotation at once, so a
+    value a person typed does not stay in use; otherwise the adoption counts as a rotation.
+    The old CURRENT is retired after the grace period, as after a rotation.
+    """
+    rotate = engine.plan.secret(name).rotate_on_adopt if rotate is None else rotate
     spec = engine.plan.secret(name)
     rotator = engine.rotator_for(spec)
     credential = rotator.complete(credential)
@@ -60,10 +72,19 @@ def adopt(
             engine.history.finish_run(resumable, "failed", error="PENDING replaced by an adoption")
         engine.history.start_run(run_id, name, "adopt", None)
         detail = None if pending is None else f"replaced PENDING version {pending.version_id}"
+        stages = store.read_stages(spec.path)
+        retire_outgoing(engine, spec, rotator, stages[Stage.PREVIOUS], lease)
         lease.check()  # a stalled `put` must not overwrite what a newer run wrote
         version = store.put_current(spec.path, credential, run_id, replace_pending=replace_pending)
         engine.history.record_step(run_id, "adopt", "ok", detail=detail)
-        engine.history.finish_run(run_id, "adopted", version.version_id)
+        outgoing = stages[Stage.CURRENT]
+        retire = None
+        if outgoing is not None and outgoing.credential != credential and retires(rotator):
+            retire = RetireLater(name, outgoing.version_id, utcnow() + spec.grace)
+        rotate_by = utcnow() if rotate else rotator.rotate_by(credential)
+        engine.history.finish_run(
+            run_id, "adopted", version.version_id, rotate_by=rotate_by, retire=retire
+        )
     log.info("rotation.adopted", secret=name, run_id=run_id, version_id=version.version_id)
     return RunResult(run_id, name, "adopted", version.version_id)
 

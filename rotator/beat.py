@@ -34,13 +34,17 @@ from rotator.errors import ConfigError, RotatorError
 from rotator.history import Database, Lease, Run, SlotClaim
 from rotator.leader import Leadership, LeaseLeadership, leadership_for
 from rotator.logging import configure_logging
+from rotator.retirement import Retirements
 from rotator.runtime import open_database
 from rotator.schedule import Plan, SecretSpec, load_plan
-from rotator.slots import Abandoned, SecretState, Slot, next_slot
+from rotator.slots import Abandoned, SecretState, Slot, next_slot, stamp, task_id
 
 log = structlog.get_logger("rotator.beat")
 
 TASK = "rotator.rotate"
+RETIRE_TASK = "rotator.retire"
+#: Slot ids of retirements in the send queue start with this (rotation slots never do).
+RETIRE_PREFIX = "retire:"
 Signature = tuple[int, int, int] | None
 _CHUNK = 400
 
@@ -86,6 +90,9 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
         #: Consecutive history outages; each doubles the wait before the next try.
         self._outages = 0
         self._entries: dict[str, ScheduleEntry] | None = None
+        #: Each secret's soonest scheduled retirement, as read at the last refresh.
+        self._retire: dict[str, datetime] = {}
+        self._retire_sent: dict[str, tuple[str, float]] = {}
         super().__init__(app, *args, **kwargs)
 
     # -- Celery's Scheduler interface ----------------------------------------------
@@ -217,6 +224,7 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
         self._next_refresh = time.monotonic() + self.refresh_interval
         try:
             states, busy = load_states(database, self._first_seen)
+            retirements = Retirements(database).next_due()
         except Exception as exc:
             self._history_outage(error=type(exc).__name__, detail=str(exc)[:200])
             return False
@@ -250,8 +258,18 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
             for n, s in slots.items()
             if n not in self._busy and not self._sent_recently(n, s.slot, mono)
         ]
+        self._retire = {n: due for n, due in retirements.items() if n in plan.secrets}
+        self._due += [
+            (due.timestamp(), n, retire_slot(due))
+            for n, due in self._retire.items()
+            if n not in self._busy and not self._retire_sent_recently(n, retire_slot(due), mono)
+        ]
         heapq.heapify(self._due)
         return True
+
+    def _retire_sent_recently(self, name: str, slot_id: str, now: float) -> bool:
+        sent = self._retire_sent.get(name)
+        return sent is not None and sent[0] == slot_id and now - sent[1] < self._resend_seconds()
 
     def _send_due(self) -> None:
         """Send every slot whose start has come, unless busy, sent lately or claimed."""
@@ -259,6 +277,9 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
         ready: list[Slot] = []
         while self._due and self._due[0][0] <= now:
             _, name, slot_id = heapq.heappop(self._due)
+            if slot_id.startswith(RETIRE_PREFIX):
+                self._send_retire(name, slot_id, mono)
+                continue
             slot = self._slots.get(name)
             if slot is None or slot.slot != slot_id:
                 continue
@@ -278,6 +299,27 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
             except Exception as exc:
                 log.error("beat.send_failed", secret=slot.secret, slot=slot.slot, error=str(exc))
                 return
+
+    def _send_retire(self, name: str, slot_id: str, mono: float) -> None:
+        """Send `rotator.retire(name)` for the retirement due at `slot_id`'s time."""
+        due = self._retire.get(name)
+        if due is None or retire_slot(due) != slot_id or name in self._busy:
+            return
+        if self._retire_sent_recently(name, slot_id, mono):
+            return
+        try:
+            self.app.send_task(
+                RETIRE_TASK,
+                args=(name,),
+                task_id=task_id(name, slot_id),
+                producer=self.producer,
+                headers={"celery_beat_task": True},
+            )
+        except Exception as exc:
+            log.error("beat.send_failed", secret=name, slot=slot_id, error=str(exc))
+            return
+        self._retire_sent[name] = (slot_id, mono)
+        log.info("beat.sent_retire", secret=name, due_at=due.isoformat())
 
     def _send(self, slot: Slot) -> None:
         self.app.send_task(
@@ -355,6 +397,11 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
         )
 
 
+def retire_slot(due: datetime) -> str:
+    """The queue and task-id key of a retirement due at `due`."""
+    return f"{RETIRE_PREFIX}{stamp(due)}"
+
+
 def _cron_fields(cron: str) -> list[str]:
     """Five cron fields; @daily-style keywords spelled out (for introspection only)."""
     keywords = {
@@ -382,14 +429,22 @@ def load_states(
 ) -> tuple[dict[str, SecretState], set[str]]:
     """Every secret's SecretState in three queries, and the secrets a live run holds."""
     now = datetime.now(UTC)
+    succeeded = Run.status.in_(("succeeded", "adopted"))
     with database.session() as session:
-        successes = dict(
-            session.execute(
-                select(Run.secret, func.max(Run.finished_at))
-                .where(Run.status.in_(("succeeded", "adopted")))
-                .group_by(Run.secret)
-            ).all()
+        newest = (
+            select(Run.secret, func.max(Run.finished_at).label("at"))
+            .where(succeeded)
+            .group_by(Run.secret)
+            .subquery()
         )
+        latest = {
+            secret: (finished_at, status, rotate_by)
+            for secret, finished_at, status, rotate_by in session.execute(
+                select(Run.secret, Run.finished_at, Run.status, Run.rotate_by)
+                .join(newest, (Run.secret == newest.c.secret) & (Run.finished_at == newest.c.at))
+                .where(succeeded)
+            ).all()
+        }
         failures = dict(
             session.execute(
                 select(Run.secret, func.max(Run.finished_at))
@@ -410,9 +465,12 @@ def load_states(
             busy.add(secret)
         else:  # the newest abandoned run wins (rows are oldest first)
             abandoned[secret] = Abandoned(run_id, fence or 0, expires_at or started_at)
+    successes = {name: row[0] for name, row in latest.items()}
     states = {
         name: SecretState(
             last_success=successes.get(name),
+            rotate_by=latest[name][2] if name in latest else None,
+            adopted=name in latest and latest[name][1] == "adopted",
             last_failure=failures.get(name),
             abandoned=None if name in busy else abandoned.get(name),
             first_seen=first_seen.get(name),

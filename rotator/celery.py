@@ -32,7 +32,7 @@ from kombu.utils.url import maybe_sanitize_url, parse_url
 from rotator.config import Settings, load_settings
 from rotator.errors import ConfigError
 
-app = Celery("rotator", include=["rotator.tasks"])
+app = Celery("rotator", include=["rotator.tasks", "rotator.retire_task"])
 
 
 def filesystem_broker_options(var_dir: Path) -> dict[str, Any]:

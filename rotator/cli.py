@@ -1,4 +1,4 @@
-"""`rotator`: validate, plan, rotate, get, put, history, status, keygen, db, demo.
+"""`rotator`: validate, plan, rotate, get, put, history, status, retire, keygen, db, demo.
 
 Every user mistake is one clear line on stderr and exit code 2; a rotation
 that fails is exit code 1; `--debug` shows tracebacks. Only `get` prints a
@@ -306,14 +306,28 @@ def put(
             "one the target accepts now.",
         ),
     ] = False,
+    rotate: Annotated[
+        bool | None,
+        typer.Option(
+            "--rotate/--no-rotate",
+            help="Rotate it at once (the value a person typed should not stay in use), or count "
+            "the adoption as a rotation. Default: the secret's rotate_on_adopt (true).",
+        ),
+    ] = None,
     schedules: SchedulesOption = None,
 ) -> None:
     """Adopt an existing credential: JSON on stdin becomes CURRENT (recorded in history)."""
     with _runtime(schedules) as runtime:
-        runtime.plan.secret(name)
+        spec = runtime.plan.secret(name)
         credential = _credential_from_stdin()
-        result = runtime.engine.adopt(name, credential, replace_pending=replace_pending)
+        result = runtime.engine.adopt(
+            name, credential, replace_pending=replace_pending, rotate=rotate
+        )
         out.print(f"[green]adopted[/] {escape(name)}: version {result.version_id} is CURRENT")
+        if spec.rotate_on_adopt if rotate is None else rotate:
+            out.print("it is due for rotation now: beat (or `rotator rotate --overdue`) rotates it")
+        else:
+            out.print(f"next rotation as scheduled ({escape(spec.describe_schedule())})")
 
 
 def _credential_from_stdin() -> Credential:
@@ -363,6 +377,31 @@ def db_upgrade() -> None:
         settings = _settings()
         open_database(settings).dispose()
         out.print("[green]ok[/] history database at the newest schema")
+
+
+@app.command()
+def retire(
+    names: Annotated[list[str] | None, typer.Argument(help="Secrets (default: all).")] = None,
+    show: Annotated[
+        bool, typer.Option("--list", help="Only list the retirements still to do.")
+    ] = False,
+    schedules: SchedulesOption = None,
+) -> None:
+    """Revoke previous credentials whose grace period has passed (beat does this on its own)."""
+    from rotator import cli_retire
+
+    with _runtime(schedules) as runtime:
+        if show:
+            out.print(cli_retire.scheduled_table(runtime, names or []))
+            return
+        results = cli_retire.run_due(runtime, names or [])
+        for result in results:
+            out.print(cli_retire.describe(result))
+        if not results:
+            out.print("nothing is due for retirement")
+        failed = [r for r in results if not isinstance(r, str) and r.outcome != "retired"]
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()

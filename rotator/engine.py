@@ -35,10 +35,11 @@ from rotator.errors import (
     StoreError,
     TransientError,
 )
-from rotator.history import History
+from rotator.history import History, RetireLater, utcnow
 from rotator.locks import LeaseManager, SecretLease
 from rotator.logging import scrub, secret_values
 from rotator.results import RunResult
+from rotator.retirement import retire_outgoing, retires
 from rotator.schedule import Plan, SecretSpec
 from rotator.stores import SecretStore, SecretVersion, Stage
 from rotator.storeset import StoreSet
@@ -239,7 +240,7 @@ class Engine:
                 pending_now = stages[Stage.PENDING]
                 if pending_now is None and current is not None and current.token == run.run_id:
                     run.log.info("rotation.already_finished")
-                    return self._record_success(run, current)
+                    return self._record_success(run, current, outgoing=previous)
                 secret_scope.enter_context(self._secrets_of(current, previous, pending_now))
                 secret_scope.enter_context(self._admin_secrets_of(run))
                 pending = self.create(run, current, pending_now)
@@ -249,7 +250,7 @@ class Engine:
                     self.test(run, pending)
                 except CredentialRejected as exc:
                     return self.rollback(run, pending, current, previous, exc)
-                return self.finish(run, pending)
+                return self.finish(run, pending, current, previous)
             except LockLost as exc:
                 return self._lost_result(run, exc)
             except RotatorError as exc:
@@ -328,15 +329,26 @@ class Engine:
         run.log.info("rotation.tested", version_id=pending.version_id)
         self._hook("tested")
 
-    def finish(self, run: _Run, pending: SecretVersion) -> RunResult:
-        """PENDING becomes CURRENT, CURRENT becomes PREVIOUS; the run is a success."""
+    def finish(
+        self,
+        run: _Run,
+        pending: SecretVersion,
+        current: SecretVersion | None,
+        previous: SecretVersion | None,
+    ) -> RunResult:
+        """PENDING becomes CURRENT, CURRENT becomes PREVIOUS; the run is a success.
+
+        The old PREVIOUS leaves the store here: if it still awaits retirement, it is
+        retired first (rotator.retirement), while its value can still be read.
+        """
+        retire_outgoing(self, run.spec, run.rotator, previous, run.lease)
         self._step(
             run,
             "finish",
             lambda: run.store.promote(run.spec.path, pending.version_id),
         )
         self._hook("promoted")
-        return self._record_success(run, pending)
+        return self._record_success(run, pending, outgoing=current)
 
     def rollback(
         self,
@@ -361,6 +373,8 @@ class Engine:
             ),
         )
         self._step(run, "rollback", lambda: run.rotator.test(restore), confirm=False)
+        # Whatever PENDING was granted (an API key, a lease) is no longer needed.
+        self._step(run, "rollback", lambda: run.rotator.retire(pending.credential))
         self._step(
             run, "rollback", lambda: run.store.discard_pending(run.spec.path, pending.version_id)
         )
@@ -457,8 +471,26 @@ class Engine:
         if self.step_hook is not None:
             self.step_hook(point)
 
-    def _record_success(self, run: _Run, version: SecretVersion) -> RunResult:
-        self.history.finish_run(run.run_id, "succeeded", version.version_id)
+    def _record_success(
+        self, run: _Run, version: SecretVersion, outgoing: SecretVersion | None
+    ) -> RunResult:
+        """Record the run a success; `outgoing` (the old CURRENT, PREVIOUS now) is scheduled
+        for retirement after the secret's grace period when the rotator retires anything."""
+        retire = None
+        if (
+            outgoing is not None
+            and outgoing.version_id != version.version_id
+            and retires(run.rotator)
+        ):
+            due_at = utcnow() + run.spec.grace
+            retire = RetireLater(run.spec.name, outgoing.version_id, due_at)
+        self.history.finish_run(
+            run.run_id,
+            "succeeded",
+            version.version_id,
+            rotate_by=run.rotator.rotate_by(version.credential),
+            retire=retire,
+        )
         run.log.info("rotation.finished", version_id=version.version_id)
         return RunResult(
             run.run_id, run.spec.name, "succeeded", version.version_id, timings_ms=run.timings_ms
@@ -487,8 +519,14 @@ class Engine:
 
     # -- adoption ---------------------------------------------------------------
 
-    def adopt(self, name: str, credential: Credential, replace_pending: bool = False) -> RunResult:
+    def adopt(
+        self,
+        name: str,
+        credential: Credential,
+        replace_pending: bool = False,
+        rotate: bool | None = None,
+    ) -> RunResult:
         """Store an existing credential as CURRENT (`rotator put`); see rotator.adoption."""
         from rotator.adoption import adopt
 
-        return adopt(self, name, credential, replace_pending)
+        return adopt(self, name, credential, replace_pending, rotate)

@@ -12,6 +12,7 @@ import fcntl
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -83,6 +84,9 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
     #: For a `resumed` trigger: the interrupted run it resumed (that run records the outcome).
     resumed_run_id: Mapped[str | None] = mapped_column(String(64))
+    #: When the credential this run made stops working by itself (a lease's expiry, less a
+    #: margin): the scheduler rotates before then, whatever the schedule says.
+    rotate_by: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class StepEvent(Base):
@@ -141,6 +145,29 @@ class SlotClaim(Base):
     slot: Mapped[str] = mapped_column(String(64))
     run_id: Mapped[str | None] = mapped_column(String(64))
     claimed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Retirement(Base):
+    """A credential to retire once its grace period has passed (see rotator.retirement).
+
+    Durable on purpose: beat or `rotator retire` picks it up after any restart. `version_id`
+    names the store version; the value itself never enters this table.
+    """
+
+    __tablename__ = "retirements"
+    __table_args__ = (UniqueConstraint("secret", "version_id", name="uq_retirements_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    secret: Mapped[str] = mapped_column(String(255), index=True)
+    version_id: Mapped[str] = mapped_column(String(128))
+    #: The run (rotation or adoption) that made this version PREVIOUS.
+    run_id: Mapped[str] = mapped_column(String(64))
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    #: scheduled, retired, failed (given up: the version left the store unretired)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -249,6 +276,15 @@ class HeldLease(Protocol):
     fence: int
 
 
+@dataclass(frozen=True)
+class RetireLater:
+    """A version of `secret` to retire at `due_at` (its grace period's end)."""
+
+    secret: str
+    version_id: str
+    due_at: datetime
+
+
 def _still_held(lease: HeldLease) -> Exists:
     """True in the database while `lease` is the secret's current lease (no one took it over)."""
     return exists().where(
@@ -316,15 +352,46 @@ class History:
         version_id: str | None = None,
         error: str | None = None,
         fence: HeldLease | None = None,
+        rotate_by: datetime | None = None,
+        retire: RetireLater | None = None,
     ) -> bool:
-        """Record a run's outcome; with `fence`, only while that lease is still the secret's."""
+        """Record a run's outcome; with `fence`, only while that lease is still the secret's.
+
+        `retire` schedules a version's retirement in the same transaction, so no recorded
+        success can forget the credential it made PREVIOUS.
+        """
         query = update(Run).where(Run.id == run_id)
         if fence is not None:
             query = query.where(_still_held(fence))
-        values = {"status": status, "finished_at": utcnow(), "version_id": version_id}
-        with self.database.statement() as session:
+        values = {
+            "status": status,
+            "finished_at": utcnow(),
+            "version_id": version_id,
+            "rotate_by": rotate_by,
+        }
+        if retire is None:
+            with self.database.statement() as session:
+                result = session.execute(query.values(**values, error=error))
+                return bool(result.rowcount)  # type: ignore[attr-defined]
+        with self.database.session() as session:
             result = session.execute(query.values(**values, error=error))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            if not result.rowcount:  # type: ignore[attr-defined]
+                return False
+            known = select(Retirement.id).where(
+                Retirement.secret == retire.secret, Retirement.version_id == retire.version_id
+            )
+            if session.execute(known).first() is None:
+                session.add(
+                    Retirement(
+                        secret=retire.secret,
+                        version_id=retire.version_id,
+                        run_id=run_id,
+                        due_at=retire.due_at,
+                        status="scheduled",
+                        attempts=0,
+                    )
+                )
+            return True
 
     def record_resumed(
         self, run_id: str, secret: str, trigger: str, slot: str | None, resumed_run_id: str

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
-from rotator.base import registered_rotators
+from rotator.base import RotatorRegistry, registered_rotators
 from rotator.config import Settings, load_settings
 from rotator.engine import Engine, StepHook
 from rotator.errors import ConfigError, TransientError
@@ -75,9 +75,12 @@ def build_runtime(
     schedules: Path | None = None,
     step_hook: StepHook | None = None,
     retry_wait_seconds: float = 1.0,
+    rotators: RotatorRegistry | None = None,
 ) -> Runtime:
+    """`rotators` replaces the installed ones (the conformance kit passes a plugin's own)."""
     settings = settings or load_settings()
-    plan = plan or load_plan(schedules or settings.schedules)
+    rotators = registered_rotators() if rotators is None else rotators
+    plan = plan or load_plan(schedules or settings.schedules, rotators)
     database = open_database(settings)
     history = History(database)
     leases = LeaseManager(database, timedelta(seconds=settings.lease_ttl_seconds))
@@ -87,7 +90,7 @@ def build_runtime(
         stores,
         history,
         leases,
-        registered_rotators(),
+        rotators,
         step_hook=step_hook,
         retry_wait_seconds=retry_wait_seconds,
     )

@@ -318,6 +318,9 @@ def _validate_secret(
     target = _validate_target(doc, loc, block, rotators)
     if entry is None or target is None or not ok:
         return None
+    grace = entry.grace if entry.grace is not None else defaults.grace
+    if not _check_intervals(doc, loc, block, entry, grace, target, rotators[entry.rotator]):
+        return None
     password = defaults.password
     if entry.password is not None:
         explicit = entry.password.model_dump(exclude_unset=True)
@@ -336,12 +339,65 @@ def _validate_secret(
         cron=entry.cron,
         timezone=entry.timezone or defaults.timezone,
         window=entry.window if entry.window is not None else defaults.window,
-        grace=entry.grace if entry.grace is not None else defaults.grace,
+        grace=grace,
         max_attempts=entry.max_attempts or defaults.max_attempts,
         password=password,
         rotate_on_adopt=entry.rotate_on_adopt,
         target=target,
     )
+
+
+def _check_intervals(
+    doc: SourceDocument,
+    loc: Loc,
+    block: dict[str, Any],
+    entry: SecretEntry,
+    grace: timedelta,
+    target: BaseModel,
+    rotator: type[SecretRotator],
+) -> bool:
+    """The schedule leaves room for the rotator: a grace period shorter than the time between
+    rotations (when the rotator retires anything), and what the rotator itself requires."""
+    from rotator.durations import format_duration
+    from rotator.retirement import retires
+
+    key = "every" if entry.every is not None else "cron"
+    shortest = entry.every if entry.every is not None else shortest_cron_gap(entry.cron or "")
+    ok = True
+    if retires(rotator) and grace >= shortest:
+        where = (*loc, "grace") if "grace" in block else loc
+        doc.problem(
+            where,
+            f"grace {format_duration(grace)} is not shorter than the time between rotations "
+            f"({format_duration(shortest)}, from `{key}`): each rotation would retire the "
+            f"previous credential before its grace ends (expected a grace below "
+            f"{format_duration(shortest)}, or rotate less often)",
+        )
+        ok = False
+    problem = rotator.schedule_problem(target, shortest)
+    if problem:
+        doc.problem((*loc, key), problem)
+        ok = False
+    return ok
+
+
+@lru_cache(maxsize=1024)
+def shortest_cron_gap(cron: str, fires: int = 120) -> timedelta:
+    """The shortest time between two of the next `fires` times of `cron` (in UTC): looking a
+    year ahead (so February's short month counts) unless 1000 fires come sooner, and never
+    more than four years (a leap day)."""
+    start = datetime(2001, 1, 1)
+    times = croniter(cron, start)
+    previous: datetime = times.get_next(datetime)
+    shortest = timedelta.max
+    for count in range(1000):
+        current: datetime = times.get_next(datetime)
+        shortest = min(shortest, current - previous)
+        previous = current
+        seen = current - start
+        if (count >= fires and seen > timedelta(days=366)) or seen > timedelta(days=4 * 366):
+            break
+    return shortest
 
 
 def _check_schedule_keys(doc: SourceDocument, loc: Loc, block: dict[str, Any]) -> bool:

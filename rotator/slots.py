@@ -20,7 +20,9 @@ from croniter import croniter
 
 from rotator.schedule import SecretSpec
 
-Reason = Literal["never-rotated", "interval", "cron", "missed", "resume", "retry"]
+Reason = Literal[
+    "never-rotated", "interval", "cron", "missed", "resume", "retry", "adopted", "expiring"
+]
 
 #: A failed or rolled back run is retried after this long (or the schedule's period if shorter).
 RETRY_DELAY = timedelta(hours=1)
@@ -49,6 +51,10 @@ class SecretState:
     abandoned: Abandoned | None = None
     #: When the caller first saw this secret with no success; anchors a first cron slot.
     first_seen: datetime | None = None
+    #: The last success's `rotate_by`: its credential expires then, or it was an adoption
+    #: that asked to be rotated at once (`adopted`).
+    rotate_by: datetime | None = None
+    adopted: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,10 +96,18 @@ def next_slot(spec: SecretSpec, state: SecretState, now: datetime) -> Slot:
     failure = state.last_failure
     if failure is not None and (state.last_success is None or failure > state.last_success):
         due = _retry_time(spec, failure)
-        return Slot(spec.name, f"retry:{_stamp(failure)}", due, due, "retry")
+        return Slot(spec.name, f"retry:{stamp(failure)}", due, due, "retry")
     if spec.every is not None:
-        return _every_slot(spec, spec.every, state.last_success, now)
-    return _cron_slot(spec, state.last_success, state.first_seen or now, now)
+        slot = _every_slot(spec, spec.every, state.last_success, now)
+    else:
+        slot = _cron_slot(spec, state.last_success, state.first_seen or now, now)
+    early = state.rotate_by
+    if early is None or state.last_success is None or slot.due_at <= early:
+        return slot
+    if state.adopted:  # `rotate_on_adopt`: at once, spread by the window like any due slot
+        return _windowed(spec, f"adopted:{stamp(early)}", early, "adopted", slot.due_at - early)
+    # The credential expires by itself: rotate before it does, with no window delay.
+    return Slot(spec.name, f"expiring:{stamp(early)}", early, early, "expiring")
 
 
 def _every_slot(
@@ -103,7 +117,7 @@ def _every_slot(
         return Slot(spec.name, "first", now, now, "never-rotated")
     due = last_success + every
     reason: Reason = "missed" if now >= due + every else "interval"
-    return _windowed(spec, f"every:{_stamp(due)}", due, reason, every)
+    return _windowed(spec, f"every:{stamp(due)}", due, reason, every)
 
 
 def _cron_slot(
@@ -131,7 +145,7 @@ def _cron_slot(
 
 def _cron_windowed(spec: SecretSpec, due: datetime, following: datetime, reason: Reason) -> Slot:
     """A cron slot whose window never reaches the next cron time."""
-    return _windowed(spec, f"cron:{_stamp(due)}", due, reason, following - due)
+    return _windowed(spec, f"cron:{stamp(due)}", due, reason, following - due)
 
 
 def _windowed(
@@ -178,6 +192,6 @@ def _second_occurrence(fire: datetime, zone: ZoneInfo) -> bool:
     return first.astimezone(UTC) != fire.astimezone(UTC)
 
 
-def _stamp(moment: datetime) -> str:
+def stamp(moment: datetime) -> str:
     """A compact, exact UTC time for slot ids (slot ids fit in 64 characters)."""
     return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ").replace(".000000Z", "Z")

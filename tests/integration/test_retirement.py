@@ -1,0 +1,237 @@
+"""Retirement after grace: scheduled durably with the run's outcome, done once, retried, recorded.
+
+The rotator is `token-file` (tests/integration/token_rotator.py): a real file of accepted
+tokens, whose `retire` removes a token, like an API key or a Vault lease being revoked.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from pydantic import SecretStr
+from sqlalchemy import select
+
+from rotator.config import Settings
+from rotator.credential import Credential
+from rotator.errors import ConfigError
+from rotator.history import Retirement, utcnow
+from rotator.retirement import Retirements, retire_due
+from rotator.runtime import Runtime, build_runtime
+from rotator.schedule import load_plan
+from rotator.stores import Stage
+from tests.integration.token_rotator import registry, revoked
+
+pytestmark = pytest.mark.integration
+
+Make = Callable[..., Runtime]
+LATER = timedelta(hours=2)
+
+
+def schedules(tokens: Path, grace: str = "1h", every: str = "30d", extra: str = "") -> str:
+    return (
+        "version: 1\nstores: {local: {type: embedded}}\nsecrets:\n"
+        f"  api:\n    rotator: token-file\n    store: local\n    every: {every}\n"
+        f"    grace: {grace}\n    max_attempts: 2\n{extra}    target: {{path: '{tokens}'}}\n"
+    )
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> Path:
+    return tmp_path / "tokens"
+
+
+@pytest.fixture
+def make(tmp_path: Path, history_url: str, tokens: Path) -> Iterator[Make]:
+    """Runtimes with token-file installed, all on one history database and key."""
+    built: list[Runtime] = []
+    key = SecretStr(Fernet.generate_key().decode())
+
+    def build(text: str | None = None) -> Runtime:
+        path = tmp_path / "schedules.yaml"
+        path.write_text(text or schedules(tokens))
+        settings = Settings(
+            schedules=path,
+            database_url=history_url,
+            encryption_key=key,
+            var_dir=tmp_path / "var",
+            lease_ttl_seconds=30.0,
+        )
+        runtime = build_runtime(settings, retry_wait_seconds=0.01, rotators=registry())
+        built.append(runtime)
+        return runtime
+
+    yield build
+    for runtime in built:
+        runtime.close()
+
+
+def current(runtime: Runtime) -> str:
+    version = runtime.engine.store_for(runtime.plan.secret("api")).read("api", Stage.CURRENT)
+    assert version is not None
+    return str(version.credential.get("token"))
+
+
+def adopt_first(runtime: Runtime, tokens: Path) -> str:
+    first = secrets.token_urlsafe(24)
+    tokens.write_text(first + "\n")
+    runtime.engine.adopt("api", Credential(token=first), rotate=False)
+    return first
+
+
+def rows(runtime: Runtime) -> list[Retirement]:
+    with runtime.database.session() as session:
+        return list(session.scalars(select(Retirement).order_by(Retirement.id)))
+
+
+def test_the_previous_credential_is_retired_once_its_grace_has_passed(
+    make: Make, tokens: Path
+) -> None:
+    runtime = make()
+    first = adopt_first(runtime, tokens)
+    result = runtime.engine.run("api")
+    assert result.outcome == "succeeded"
+    second = current(runtime)
+    (row,) = rows(runtime)
+    assert row.status == "scheduled"
+    assert timedelta(minutes=59) < row.due_at - utcnow() <= timedelta(hours=1)
+    # Within the grace period both work: clients still holding the old one are not cut off.
+    assert retire_due(runtime.engine, "api") == []
+    assert set(tokens.read_text().split()) == {first, second}
+
+    (done,) = retire_due(runtime.engine, "api", utcnow() + LATER)
+    assert done.outcome == "retired"
+    assert tokens.read_text().split() == [second]
+    assert revoked(tokens) == [first]
+    (row,) = rows(runtime)
+    assert (row.status, row.attempts, row.retired_at is not None) == ("retired", 0, True)
+    steps = [(s.step, s.status) for s in runtime.history.steps(result.run_id)]
+    assert steps[-1] == ("retire", "ok")
+    # Done once: a second pass (a resent task) finds nothing due.
+    assert retire_due(runtime.engine, "api", utcnow() + LATER) == []
+    assert revoked(tokens) == [first]
+
+
+def test_a_scheduled_retirement_survives_a_restart(make: Make, tokens: Path) -> None:
+    runtime = make()
+    first = adopt_first(runtime, tokens)
+    runtime.engine.run("api")
+    runtime.close()
+    restarted = make()  # a new process: only the history database remembers
+    (done,) = retire_due(restarted.engine, "api", utcnow() + LATER)
+    assert done.outcome == "retired"
+    assert revoked(tokens) == [first]
+
+
+def test_a_failing_retirement_is_postponed_recorded_and_retried(make: Make, tokens: Path) -> None:
+    runtime = make()
+    first = adopt_first(runtime, tokens)
+    run = runtime.engine.run("api")
+    down = tokens.with_name("tokens.down")
+    down.touch()
+    (attempt,) = retire_due(runtime.engine, "api", utcnow() + LATER)
+    assert attempt.outcome == "retry"
+    assert attempt.error is not None and "tokens is down" in attempt.error
+    (row,) = rows(runtime)
+    assert (row.status, row.attempts) == ("scheduled", 1)
+    assert row.due_at > utcnow()  # tried again later, not in a tight loop
+    assert ("retire", "retry") in [(s.step, s.status) for s in runtime.history.steps(run.run_id)]
+    assert first in tokens.read_text().split()
+
+    down.unlink()
+    (done,) = retire_due(runtime.engine, "api", row.due_at + timedelta(seconds=1))
+    assert done.outcome == "retired"
+    assert revoked(tokens) == [first]
+
+
+def test_a_rotation_retires_an_outgoing_previous_early_rather_than_lose_it(
+    make: Make, tokens: Path
+) -> None:
+    """Two rotations within one grace period: the oldest value leaves the store at the second
+    promote, so it is retired then; nothing could revoke it afterwards."""
+    runtime = make()
+    first = adopt_first(runtime, tokens)
+    runtime.engine.run("api")
+    second = current(runtime)
+    runtime.engine.run("api")
+    third = current(runtime)
+    assert revoked(tokens) == [first]
+    assert set(tokens.read_text().split()) == {second, third}
+    statuses = [(r.status, r.version_id) for r in rows(runtime)]
+    assert [status for status, _ in statuses] == ["retired", "scheduled"]
+    (done,) = retire_due(runtime.engine, "api", utcnow() + LATER)
+    assert done.outcome == "retired"
+    assert revoked(tokens) == [first, second]
+
+
+def test_a_rolled_back_rotation_retires_the_rejected_pending(make: Make, tokens: Path) -> None:
+    runtime = make()
+    first = adopt_first(runtime, tokens)
+    tokens.with_name("tokens.refuse").touch()  # the target accepts no new token
+    result = runtime.engine.run("api")
+    assert result.outcome == "rolled_back"
+    assert current(runtime) == first
+    (rejected,) = revoked(tokens)
+    assert rejected != first
+    assert rows(runtime) == []  # nothing was promoted, nothing else to retire
+
+
+def test_adopting_schedules_the_old_current_but_not_the_same_value(
+    make: Make, tokens: Path
+) -> None:
+    runtime = make()
+    first = adopt_first(runtime, tokens)
+    runtime.engine.adopt("api", Credential(token=first), rotate=False)  # the same value again
+    assert rows(runtime) == []
+    replacement = secrets.token_urlsafe(24)
+    tokens.write_text(f"{first}\n{replacement}\n")
+    runtime.engine.adopt("api", Credential(token=replacement), rotate=False)
+    (row,) = rows(runtime)
+    assert row.status == "scheduled"
+    retire_due(runtime.engine, "api", utcnow() + LATER)
+    assert revoked(tokens) == [first]
+    assert tokens.read_text().split() == [replacement]
+
+
+def test_a_retirement_whose_version_left_the_store_is_given_up_with_a_reason(
+    make: Make, tokens: Path
+) -> None:
+    runtime = make()
+    adopt_first(runtime, tokens)
+    runtime.engine.run("api")
+    (row,) = rows(runtime)
+    with runtime.database.session() as session:  # as if another tool rewrote the secret
+        session.get(Retirement, row.id).version_id = "v-gone"  # type: ignore[union-attr]
+    (outcome,) = retire_due(runtime.engine, "api", utcnow() + LATER)
+    assert outcome.outcome == "failed"
+    assert outcome.error is not None and "revoke it by hand" in outcome.error
+    assert rows(runtime)[0].status == "failed"
+
+
+def test_grace_must_be_shorter_than_the_schedule_for_a_rotator_that_retires(
+    tmp_path: Path, tokens: Path
+) -> None:
+    path = tmp_path / "schedules.yaml"
+    path.write_text(schedules(tokens, grace="2d", every="1d"))
+    with pytest.raises(ConfigError) as raised:
+        load_plan(path, registry())
+    (problem,) = raised.value.problems
+    assert problem.startswith(f"{path}:8: secrets.api.grace: grace 2d is not shorter")
+    path.write_text(schedules(tokens, grace="1h", every="0 3 * * *").replace("every:", "cron:"))
+    assert load_plan(path, registry()).secret("api").grace == timedelta(hours=1)
+    path.write_text(schedules(tokens, grace="1d").replace("every: 30d", "cron: '0 3 * * *'"))
+    with pytest.raises(ConfigError, match=r"shorter than the time between rotations \(1d"):
+        load_plan(path, registry())
+
+
+def test_the_scheduled_list_names_versions_never_values(make: Make, tokens: Path) -> None:
+    runtime = make()
+    first = adopt_first(runtime, tokens)
+    runtime.engine.run("api")
+    (row,) = Retirements(runtime.database).scheduled("api")
+    text = repr(row.__dict__)
+    assert first not in text and current(runtime) not in text
