@@ -1,0 +1,199 @@
+"""The conformance kit's machinery: a harness behind real runtimes, and leak detectors.
+
+A `Rig` writes a schedules.yaml for one harness (its subject and the other secrets it
+declares), builds runtimes on a SQLite history and the embedded store, and adopts the
+starting credentials, so a contract case drives the real engine as a deployment would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import traceback
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography.fernet import Fernet
+from pydantic import SecretStr
+from structlog.testing import capture_logs
+
+from rotator.base import RotatorRegistry, SecretRotator
+from rotator.config import Settings
+from rotator.credential import Credential
+from rotator.logging import redact
+from rotator.runtime import Runtime, build_runtime
+from rotator.schedule import load_plan
+from rotator.stores import SecretStore, Stage
+
+if TYPE_CHECKING:
+    from rotator.engine import StepHook
+    from rotator.testing import RotatorHarness
+
+#: The name of the secret under test in the generated schedules.yaml.
+SUBJECT = "conformance-subject"
+
+
+@dataclass
+class Rig:
+    """One harness behind real runtimes: schedules.yaml, SQLite history, embedded store."""
+
+    harness: RotatorHarness
+    directory: Path
+    rotators: RotatorRegistry
+    schedules: Path = field(init=False)
+    key: SecretStr = field(default_factory=lambda: SecretStr(Fernet.generate_key().decode()))
+    built: list[Runtime] = field(default_factory=list)
+    #: Every secret value the case has seen (what the leak checks look for).
+    values: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        others = self.harness.other_secrets()
+        entries = {
+            name: {"rotator": o.kind, "store": "local", "every": o.every, "target": o.target}
+            for name, o in others.items()
+        }
+        entries[SUBJECT] = {
+            "rotator": self.harness.kind,
+            "store": "local",
+            "every": self.harness.every,
+            "target": self.harness.target(),
+        }
+        lines = [
+            "version: 1",
+            "stores: {local: {type: embedded}}",
+            "defaults: {max_attempts: 2}",
+            "secrets:",
+            *(f"  {json.dumps(name)}: {json.dumps(entry)}" for name, entry in entries.items()),
+        ]
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.schedules = self.directory / "schedules.yaml"
+        self.schedules.write_text("\n".join(lines) + "\n")
+        engine = self.runtime().engine
+        for name, other in others.items():
+            self.remember(other.initial)
+            engine.adopt(name, other.initial)
+        initial = self.harness.initial()
+        if initial is not None:
+            self.remember(initial)
+            engine.adopt(SUBJECT, initial)
+
+    def runtime(self, step_hook: StepHook | None = None) -> Runtime:
+        """Another process's runtime: same history, key and schedules, nothing shared in memory."""
+        settings = Settings(
+            schedules=self.schedules,
+            database_url=f"sqlite:///{self.directory / 'history.db'}",
+            encryption_key=self.key,
+            var_dir=self.directory / "var",
+            lease_ttl_seconds=30.0,
+        )
+        plan = load_plan(self.schedules, self.rotators)
+        runtime = build_runtime(settings, plan, step_hook=step_hook, retry_wait_seconds=0.01)
+        self.built.append(runtime)
+        runtime.engine.rotators = self.rotators
+        return runtime
+
+    @property
+    def store(self) -> SecretStore:
+        return self.built[0].stores.get("local")
+
+    def rotator(self) -> SecretRotator:
+        """A fresh rotator for the subject, as a new run (or another process) would get it."""
+        engine = self.built[0].engine
+        return engine.rotator_for(engine.plan.secret(SUBJECT))
+
+    def current(self) -> Credential | None:
+        version = self.store.read(SUBJECT, Stage.CURRENT)
+        return None if version is None else version.credential
+
+    def remember(self, *credentials: Credential | None) -> None:
+        for credential in credentials:
+            if credential is not None:
+                self.values.update(credential.secret_values())
+
+    def generate(self, current: Credential | None) -> Credential:
+        credential = self.rotator().generate(current)
+        self.remember(credential)
+        return credential
+
+    def working(self) -> Credential:
+        """A credential the target accepts: CURRENT, or a new one applied when there is none."""
+        current = self.current()
+        if current is not None:
+            return current
+        rotator = self.rotator()
+        credential = rotator.generate(None)
+        self.remember(credential)
+        rotator.apply(credential, None, None)
+        return credential
+
+    def close(self) -> None:
+        for runtime in self.built:
+            runtime.close()
+
+
+def leaked(texts: Iterable[str | None], values: Iterable[str]) -> list[str]:
+    """Descriptions (never the values) of `values` found in `texts`, as is or escaped."""
+    blob = "\n".join(text for text in texts if text)
+    found = []
+    for value in sorted(values):
+        forms = {value, repr(value)[1:-1], json.dumps(value)[1:-1], value.replace("'", "''")}
+        if any(form in blob for form in forms):
+            found.append(f"a {len(value)}-character value starting {value[:2]!r}")
+    return found
+
+
+def error_texts(exc: BaseException) -> list[str]:
+    """Everything a log line with `exc_info` would show of an exception, its chain included."""
+    return [str(exc), repr(exc), *traceback.format_exception(exc)]
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@contextmanager
+def captured_logs() -> Iterator[list[str]]:
+    """Every log line written meanwhile: structlog events as deployed (through `redact`), and
+    records of every stdlib logger at DEBUG, exceptions included. Complete when the block ends.
+    """
+    lines: list[str] = []
+    root = logging.getLogger()
+    handler = _ListHandler(lines)
+    saved_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        with capture_logs(processors=[redact]) as events:
+            yield lines
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
+    lines.extend(repr(event) for event in events)
+
+
+def estimated_bits(value: str) -> float:
+    """A rough upper bound of a value's entropy: its length times log2 of its distinct chars."""
+    return len(value) * math.log2(max(len(set(value)), 2))
+
+
+class InjectedCrash(Exception):
+    """A process dying between two steps (deliberately not a RotatorError: nothing records it)."""
+
+
+def crash_after(point: str) -> StepHook:
+    """A step hook that kills the run right after `point`."""
+
+    def hook(reached: str) -> None:
+        if reached == point:
+            raise InjectedCrash(f"injected crash after {point}")
+
+    return hook

@@ -1,0 +1,18 @@
+"""Every registered rotator kind passes the conformance suite of rotator.testing.
+
+Built-in kinds have their harness in this directory, one file per kind; a kind installed
+by a plugin package brings its own under the `rotator.harnesses` entry-point group.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rotator.testing import RotatorConformance
+from tests.conformance.harness_postgres import PostgresAdminHarness, PostgresSelfHarness
+
+pytestmark = pytest.mark.integration
+
+
+class TestRotatorConformance(RotatorConformance):
+    harnesses = (PostgresSelfHarness, PostgresAdminHarness)
