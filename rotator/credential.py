@@ -13,7 +13,19 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 #: Fields whose values are not confidential and may be shown (usernames, hosts).
-PUBLIC_FIELDS = frozenset({"engine", "host", "port", "dbname", "username", "key_id", "lease_id"})
+PUBLIC_FIELDS = frozenset(
+    {
+        "engine",
+        "host",
+        "port",
+        "dbname",
+        "username",
+        "key_id",
+        "lease_id",
+        "lease_duration",
+        "expires_at",
+    }
+)
 
 
 class Credential(Mapping[str, Any]):

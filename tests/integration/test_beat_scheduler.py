@@ -25,10 +25,10 @@ from sqlalchemy import select
 from structlog.testing import capture_logs
 
 import rotator.beat as beat_module
-from rotator.beat import YamlScheduler
+from rotator.beat import YamlScheduler, retire_slot
 from rotator.devservers import free_port
 from rotator.errors import ConfigError
-from rotator.history import Database, History, Run, SlotClaim, utcnow
+from rotator.history import Database, History, Retirement, Run, SlotClaim, utcnow
 from rotator.leader import (
     LEASE_NAME,
     REDIS_KEY,
@@ -516,3 +516,60 @@ def test_a_leader_backs_off_a_down_history_database_with_a_slot_due(
     outages = [e for e in logs if e["event"] == "beat.history_unavailable"]
     assert min(waits) > 0.5, waits
     assert len(outages) == 1, outages  # one attempt, then wait for the retry time
+
+
+def schedule_retirement(database: Database, secret: str, due_in: timedelta) -> Retirement:
+    row = Retirement(
+        secret=secret,
+        version_id=f"v-{secret}",
+        run_id="r" * 32,
+        due_at=utcnow() + due_in,
+        status="scheduled",
+        attempts=0,
+    )
+    with database.session() as session:
+        session.add(row)
+    return row
+
+
+def test_a_due_retirement_is_sent_once_under_a_task_id_of_its_due_time(
+    write_schedules: SchedulesWriter,
+    make_scheduler: SchedulerFactory,
+    beat_env: Database,
+    fresh_redis_url: str,
+) -> None:
+    write_schedules(schedules_text(secret_block("db-a"), secret_block("db-b")))
+    for name in ("db-a", "db-b"):
+        add_run(beat_env, name, "succeeded", timedelta(hours=1))  # no rotation is due
+    due = schedule_retirement(beat_env, "db-a", -timedelta(minutes=1))
+    schedule_retirement(beat_env, "db-b", timedelta(hours=1))  # not yet
+    schedule_retirement(beat_env, "gone", -timedelta(minutes=1))  # no longer declared
+    scheduler = make_scheduler()
+    for _ in range(3):
+        scheduler.tick()
+    (message,) = sent(fresh_redis_url)
+    assert (message["task"], message["args"]) == ("rotator.retire", ["db-a"])
+    assert message["id"] == task_id("db-a", retire_slot(due.due_at))
+
+
+def test_a_retirement_postponed_after_a_failure_is_sent_again_at_its_new_time(
+    write_schedules: SchedulesWriter,
+    make_scheduler: SchedulerFactory,
+    beat_env: Database,
+    fresh_redis_url: str,
+) -> None:
+    write_schedules(schedules_text(secret_block("db-a")))
+    add_run(beat_env, "db-a", "succeeded", timedelta(hours=1))
+    row = schedule_retirement(beat_env, "db-a", -timedelta(minutes=5))
+    scheduler = make_scheduler()
+    scheduler.tick()
+    with beat_env.session() as session:  # what a failed attempt does: a later due time
+        stored = session.get(Retirement, row.id)
+        assert stored is not None
+        stored.due_at = utcnow() - timedelta(seconds=1)
+        stored.attempts = 1
+    scheduler._next_refresh = 0.0  # the periodic refresh, without waiting for it
+    scheduler.tick()
+    messages = sent(fresh_redis_url)
+    assert [m["task"] for m in messages] == ["rotator.retire", "rotator.retire"]
+    assert messages[0]["id"] != messages[1]["id"]

@@ -211,3 +211,34 @@ def test_after_downtime_the_missed_cron_slot_is_the_latest_that_may_start(name: 
     assert slot.reason == "missed" and slot.start_at <= now
     assert slot.due_at == (latest if latest_start <= now else NOW + timedelta(minutes=20))
     assert slot.start_at < slot.due_at + timedelta(minutes=10)
+
+
+def test_an_adoption_that_asks_for_a_rotation_is_due_at_once_within_the_window() -> None:
+    adopted = NOW - timedelta(minutes=5)
+    windowed = spec(every=timedelta(days=30), window=timedelta(hours=1))
+    state = SecretState(last_success=adopted, rotate_by=adopted, adopted=True)
+    slot = next_slot(windowed, state, NOW)
+    assert slot.reason == "adopted"
+    assert slot.due_at == adopted
+    assert adopted <= slot.start_at < adopted + timedelta(hours=1)
+    assert slot.slot.startswith("adopted:")
+    kept = next_slot(windowed, SecretState(last_success=adopted), NOW)  # rotate_on_adopt: false
+    assert (kept.reason, kept.due_at) == ("interval", adopted + timedelta(days=30))
+
+
+def test_a_credential_that_expires_before_its_slot_is_rotated_before_it_expires() -> None:
+    last = NOW - timedelta(hours=1)
+    expiry = NOW + timedelta(hours=5)
+    slot = next_slot(DAILY, SecretState(last_success=last, rotate_by=expiry), NOW)
+    assert (slot.reason, slot.due_at, slot.start_at) == ("expiring", expiry, expiry)
+    later = NOW + timedelta(days=3)  # the schedule comes first: no early slot
+    slot = next_slot(DAILY, SecretState(last_success=last, rotate_by=later), NOW)
+    assert (slot.reason, slot.due_at) == ("interval", last + timedelta(days=1))
+
+
+def test_a_failure_after_an_early_slot_is_retried_as_usual() -> None:
+    last = NOW - timedelta(hours=3)
+    state = SecretState(
+        last_success=last, rotate_by=last, adopted=True, last_failure=NOW - timedelta(hours=2)
+    )
+    assert next_slot(DAILY, state, NOW).reason == "retry"
