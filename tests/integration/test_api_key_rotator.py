@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ from structlog.testing import capture_logs
 from rotator.base import RotatorContext
 from rotator.credential import Credential
 from rotator.errors import ConfigError, CredentialRejected, RotatorError, TransientError
+from rotator.history import utcnow
 from rotator.logging import redact
 from rotator.passwords import PasswordPolicy
+from rotator.retirement import retire_due
 from rotator.runtime import Runtime
 from rotator.schedule import load_plan
 from rotator.stores import SecretStore, Stage
@@ -249,9 +252,28 @@ def test_a_new_key_the_provider_refuses_is_rolled_back(key_plan: KeyPlanFactory)
     assert plan.store.read(APP, Stage.PENDING) is None
     assert plan.service.works(after.credential["api_key"])
     steps = [(e.step, e.status) for e in plan.runtime.history.steps(result.run_id)]
-    assert steps[-3:] == [("rollback", "ok")] * 3  # apply CURRENT, test it, drop PENDING
+    assert steps.count(("rollback", "ok")) >= 3  # apply CURRENT, test it, ..., drop PENDING
     whoami = [r.authorization for r in plan.service.seen("GET", "/whoami")]
     assert whoami[-1] == f"Bearer {after.credential['api_key']}"  # CURRENT proven again
+    deleted = plan.service.seen("DELETE")
+    assert [r.status for r in deleted] == [204]  # the dropped key is revoked...
+    assert deleted[0].path != f"/keys/{after.credential['key_id']}"  # ...not CURRENT
+    assert len(plan.service.keys) == 2  # the admin's and CURRENT: no orphan left behind
+
+
+def test_the_previous_key_is_revoked_once_its_grace_has_passed(key_plan: KeyPlanFactory) -> None:
+    plan = key_plan()
+    engine = plan.runtime.engine
+    assert engine.run(APP).ok and engine.run(APP).ok
+    previous, current = plan.credential(APP, Stage.PREVIOUS), plan.credential(APP, Stage.CURRENT)
+    assert retire_due(engine, APP) == []  # the grace period (1h) has not passed
+
+    outcomes = retire_due(engine, APP, now=utcnow() + timedelta(hours=2))
+
+    assert [o.outcome for o in outcomes] == ["retired"]
+    assert not plan.service.works(previous["api_key"])
+    assert plan.service.works(current["api_key"])
+    assert retire_due(engine, APP, now=utcnow() + timedelta(hours=2)) == []  # done once
 
 
 def test_the_admin_secret_rotates_itself_with_its_own_key(key_plan: KeyPlanFactory) -> None:
