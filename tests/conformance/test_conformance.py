@@ -10,9 +10,10 @@ import pytest
 
 from rotator.testing import RotatorConformance
 from tests.conformance.harness_postgres import PostgresAdminHarness, PostgresSelfHarness
+from tests.conformance.harness_vault_dynamic import VaultDynamicHarness
 
 pytestmark = pytest.mark.integration
 
 
 class TestRotatorConformance(RotatorConformance):
-    harnesses = (PostgresSelfHarness, PostgresAdminHarness)
+    harnesses = (PostgresSelfHarness, PostgresAdminHarness, VaultDynamicHarness)
