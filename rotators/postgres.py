@@ -1,4 +1,4 @@
-"""PostgreSQL password rotation, single-user strategy.
+"""PostgreSQL password rotation, single-user strategy (the reference rotator).
 
 `apply` first checks whether PENDING already logs in (a replayed step; skipped
 for a value this process generated a moment ago, which no server can know), then
@@ -8,6 +8,9 @@ SCRAM-SHA-256 verifier computed here, so no plaintext reaches the server or
 its statement log. Admin connections are reused between runs of one process
 (rotators/pg_connections.py). Identifiers go through `sql.Identifier`, values through
 `sql.Literal`: never string formatting.
+
+`strategy: alternating` (two roles taking turns) lives in rotators/pg_alternating.py;
+this class hands such targets to it when it is instantiated.
 """
 
 from __future__ import annotations
@@ -15,17 +18,18 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import psycopg
 from psycopg import sql
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel
 
-from rotator.base import SecretRotator
+from rotator.base import RotatorContext, SecretRotator
 from rotator.credential import Credential
 from rotator.errors import ConfigError, CredentialRejected, TransientError
 from rotator.passwords import generate_password
 from rotators.pg_connections import ADMIN_CONNECTIONS, PASSWORD_CHECKS, connection_key
+from rotators.pg_target import PostgresTarget
 
 #: SQLSTATEs meaning "this login was refused" rather than "the server is away".
 _REFUSED = {"28P01", "28000", "3D000"}
@@ -64,36 +68,6 @@ def _fatal(exc: psycopg.Error) -> str:
     return " ".join(reason.split()) or type(exc).__name__
 
 
-class PostgresTarget(BaseModel):
-    """The `target:` block of a `postgres-password` secret."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str = Field(min_length=1)
-    port: int = Field(5432, ge=1, le=65535)
-    dbname: str = "postgres"
-    username: str = Field(min_length=1)
-    admin_secret: str | None = None
-    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
-    connect_timeout: int = Field(5, ge=1, le=120)
-
-    @field_validator("username")
-    @classmethod
-    def _fits_in_name(cls, value: str) -> str:
-        if len(value.encode()) > 63:
-            raise ValueError("role names are at most 63 bytes in PostgreSQL")
-        if "\x00" in value:
-            raise ValueError("role names cannot contain NUL")
-        return value
-
-    @field_validator("host", "dbname")
-    @classmethod
-    def _no_nul(cls, value: str) -> str:
-        if "\x00" in value:
-            raise ValueError("cannot contain NUL (libpq would cut the connection settings there)")
-        return value
-
-
 def connect_kwargs(target: PostgresTarget, username: str, password: str) -> dict[str, Any]:
     """Keyword arguments for psycopg.connect; never a DSN string holding a password."""
     return {
@@ -130,10 +104,25 @@ class PostgresPasswordRotator(SecretRotator):
     #: The value `generate` made in this process: apply need not ask whether it logs in.
     _generated: Credential | None = None
 
+    def __new__(cls, target: BaseModel, context: RotatorContext) -> PostgresPasswordRotator:
+        """A target with `strategy: alternating` gets the alternating-users rotator: one
+        entry point, one `kind`, two strategies."""
+        if cls is PostgresPasswordRotator and getattr(target, "strategy", None) == "alternating":
+            from rotators.pg_alternating import AlternatingPostgresRotator
+
+            return super().__new__(AlternatingPostgresRotator)
+        return super().__new__(cls)
+
     @classmethod
     def managed_identity(cls, target: BaseModel) -> tuple[str, ...] | None:
         assert isinstance(target, PostgresTarget)
         return ("postgres", target.host, str(target.port), target.username)
+
+    @classmethod
+    def managed_identities(cls, target: BaseModel) -> tuple[tuple[str, ...], ...]:
+        """Every login the target's credentials are for (both roles when alternating)."""
+        assert isinstance(target, PostgresTarget)
+        return tuple(("postgres", target.host, str(target.port), r) for r in target.role_names)
 
     @classmethod
     def admin_problem(cls, target: BaseModel, admin_target: BaseModel) -> str | None:
@@ -145,6 +134,11 @@ class PostgresPasswordRotator(SecretRotator):
                 f"the admin secret logs in to {admin_target.host}:{admin_target.port}, not "
                 f"{target.host}:{target.port}; its password would be sent to another server "
                 "(expected an admin secret for the same server)"
+            )
+        if admin_target.username in target.role_names[1:]:  # the main role: managed_identity
+            return (
+                f"the admin secret logs in as role {admin_target.username!r}, the clone this "
+                "secret alternates with (expected another login, e.g. a CREATEROLE admin)"
             )
         return None
 
@@ -181,28 +175,45 @@ class PostgresPasswordRotator(SecretRotator):
     def apply(
         self, pending: Credential, current: Credential | None, previous: Credential | None
     ) -> None:
+        if self._already_accepted(pending):
+            return
+        with self._admin_session(current, previous) as conn:
+            self._set_password(conn, pending)
+
+    def _already_accepted(self, pending: Credential) -> bool:
+        """True when PENDING logs in already (a replay); refuses a `trust` server first."""
         fresh = self._generated is not None and pending == self._generated
         self._generated = None  # once sent, a retry of this step must ask the server again
         if fresh:
             self._require_password_checks(pending)  # a trust server is refused before any change
-        elif self._logs_in(pending):
-            return
-        with self._admin_session(current, previous) as conn:
-            username = pending.username or self.target.username
-            verifier = conn.pgconn.encrypt_password(
-                str(pending.password).encode(), username.encode(), b"scram-sha-256"
-            )
-            statement = sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
-                sql.Identifier(username), sql.Literal(verifier.decode())
-            )
-            with self._statement_errors(username):
-                conn.execute(statement)
+            return False
+        return self._logs_in(pending)
+
+    def _set_password(self, conn: psycopg.Connection[Any], credential: Credential) -> None:
+        username = credential.username or self.target.username
+        statement = sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
+            sql.Identifier(username), self._verifier(conn, credential)
+        )
+        with self._statement_errors(username):
+            conn.execute(statement)
+
+    def _verifier(self, conn: psycopg.Connection[Any], credential: Credential) -> sql.Literal:
+        """The SCRAM-SHA-256 verifier of `credential`'s password, computed on our side."""
+        username = credential.username or self.target.username
+        verifier = conn.pgconn.encrypt_password(
+            str(credential.password).encode(), username.encode(), b"scram-sha-256"
+        )
+        return sql.Literal(verifier.decode())
 
     def test(self, credential: Credential) -> None:
-        """A fresh login that the server had to check the password of (never `trust`)."""
+        """A fresh login that the server had to check the password of (never `trust`).
+
+        The session's login role (session_user) must be the credential's: a role whose
+        settings switch to another role (`ALTER ROLE ... SET role`) still proves its own.
+        """
         proof = self._connect(credential, prove_password=True)
         with proof as conn, self._statement_errors(credential.username):
-            row = conn.execute("SELECT current_user").fetchone()
+            row = conn.execute("SELECT session_user").fetchone()
         if row is None or row[0] != credential.username:
             raise CredentialRejected(f"{self._where()} logged in as another role")
         if _PASSWORD_REQUIRED is None:  # libpq < 16 cannot insist: prove it with a decoy
