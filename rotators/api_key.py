@@ -22,203 +22,27 @@ path, status and request id.
 
 from __future__ import annotations
 
-import re
 import uuid
-from typing import Any, ClassVar, Literal
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel
 
 from rotator.base import RotatorContext, SecretRotator
 from rotator.credential import Credential
 from rotator.errors import ConfigError, CredentialRejected, RotatorError, TransientError
 from rotators.http_client import HttpClient, Reply
+from rotators.http_key_target import HEADER_SAFE, KEY_PLACEHOLDERS, ApiKeyTarget
 from rotators.http_templates import (
     MISSING,
-    check_body,
-    check_url,
-    is_loopback,
     origin,
     placeholders,
-    pointer_tokens,
     render_body,
     render_url,
     resolve,
     show_origin,
 )
 
-#: What an HTTP header value may hold: visible ASCII, no spaces, no line breaks.
-_HEADER_SAFE = re.compile(r"[\x21-\x7e]{1,8192}")
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_PREFIX_SAFE = re.compile(r"[\x20-\x7e]{0,64}")
-_CREATE_PLACEHOLDERS = ("secret_name", "request_id")
-_KEY_PLACEHOLDERS = ("secret_name", "key_id")
-
-
-def _upper(value: Any) -> Any:
-    return value.upper() if isinstance(value, str) else value
-
-
-class CreateRequest(BaseModel):
-    """How the provider makes a key, and where its reply holds the key and the key's id."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    method: Literal["POST", "PUT", "PATCH", "GET"] = "POST"
-    url: str
-    body: Any = None
-    key_pointer: str
-    key_id_pointer: str
-
-    _method = field_validator("method", mode="before")(_upper)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return check_url(value, _CREATE_PLACEHOLDERS)
-
-    @field_validator("body")
-    @classmethod
-    def _body(cls, value: Any) -> Any:
-        return check_body(value, _CREATE_PLACEHOLDERS)
-
-    @field_validator("key_pointer", "key_id_pointer")
-    @classmethod
-    def _pointer(cls, value: str) -> str:
-        if not pointer_tokens(value):
-            raise ValueError("the pointer is empty (expected the path to one value, e.g. /key/id)")
-        return value
-
-
-class VerifyRequest(BaseModel):
-    """A request made with the key itself: 2xx means the provider accepts it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    method: Literal["GET", "HEAD", "POST"] = "GET"
-    url: str
-    header: str = "Authorization"
-    prefix: str = "Bearer "
-
-    _method = field_validator("method", mode="before")(_upper)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return check_url(value, _KEY_PLACEHOLDERS)
-
-    @field_validator("header")
-    @classmethod
-    def _header(cls, value: str) -> str:
-        return _header_name(value)
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        return _header_prefix(value)
-
-
-class RevokeRequest(BaseModel):
-    """How the provider deletes a key by its id (`{key_id}` in the URL)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    method: Literal["DELETE", "POST", "PUT", "PATCH"] = "DELETE"
-    url: str
-    body: Any = None
-
-    _method = field_validator("method", mode="before")(_upper)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if "key_id" not in placeholders(value, _KEY_PLACEHOLDERS):
-            raise ValueError(
-                f"{value!r} does not name the key to revoke (expected {{key_id}} in the URL, "
-                "e.g. https://api.example.com/keys/{key_id})"
-            )
-        return check_url(value, _KEY_PLACEHOLDERS)
-
-    @field_validator("body")
-    @classmethod
-    def _body(cls, value: Any) -> Any:
-        return check_body(value, _KEY_PLACEHOLDERS)
-
-
-class TlsSettings(BaseModel):
-    """Certificate checks for https URLs: on unless turned off on purpose."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    verify: bool = True
-    ca_cert: str | None = Field(None, min_length=1)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> TlsSettings:
-        if self.ca_cert is not None and not self.verify:
-            raise ValueError("ca_cert is set but verify is false (remove one of them)")
-        return self
-
-
-class ApiKeyTarget(BaseModel):
-    """The `target:` block of an `api-key` secret."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    create: CreateRequest
-    verify: VerifyRequest
-    revoke: RevokeRequest | None = None
-    admin_secret: str | None = None
-    admin_header: str = "Authorization"
-    admin_prefix: str = "Bearer "
-    admin_field: str = Field("api_key", min_length=1)
-    connect_timeout: float = Field(5.0, gt=0, le=120)
-    read_timeout: float = Field(30.0, gt=0, le=600)
-    tls: TlsSettings = TlsSettings()
-    allow_insecure_http: bool = False
-
-    @field_validator("admin_header")
-    @classmethod
-    def _admin_header(cls, value: str) -> str:
-        return _header_name(value)
-
-    @field_validator("admin_prefix")
-    @classmethod
-    def _admin_prefix(cls, value: str) -> str:
-        return _header_prefix(value)
-
-    @model_validator(mode="after")
-    def _no_plain_http(self) -> ApiKeyTarget:
-        if self.allow_insecure_http:
-            return self
-        for label, url in self.urls():
-            if origin(url)[0] == "http" and not is_loopback(url):
-                raise ValueError(
-                    f"{label} {url!r} sends keys over plain http (use https, or set "
-                    "allow_insecure_http: true if the network is trusted)"
-                )
-        return self
-
-    def urls(self) -> list[tuple[str, str]]:
-        """Each request's URL template, labelled by its key in the block."""
-        found = [("create.url", self.create.url), ("verify.url", self.verify.url)]
-        if self.revoke is not None:
-            found.append(("revoke.url", self.revoke.url))
-        return found
-
-
-def _header_name(value: str) -> str:
-    if not _HEADER_NAME.fullmatch(value):
-        raise ValueError(f"{value!r} is not an HTTP header name (expected e.g. X-API-Key)")
-    return value
-
-
-def _header_prefix(value: str) -> str:
-    if not _PREFIX_SAFE.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not a header prefix (expected up to 64 printable ASCII characters, "
-            "e.g. 'Bearer ' or '')"
-        )
-    return value
+__all__ = ["ApiKeyRotator", "ApiKeyTarget"]
 
 
 class ApiKeyRotator(SecretRotator):
@@ -282,6 +106,11 @@ class ApiKeyRotator(SecretRotator):
             raise TransientError(f"{exc}; {lost}") from None
         if not 200 <= reply.status < 300:
             raise self._admin_error(reply, f"create (request {request_id})")
+        return self._read_key(reply, lost)
+
+    def _read_key(self, reply: Reply, lost: str) -> Credential:
+        """The new key and its id, from where the pointers say in a create reply."""
+        create = self.target.create
         try:
             document = reply.json()
         except ValueError:
@@ -290,7 +119,7 @@ class ApiKeyRotator(SecretRotator):
             ) from None
         key = resolve(document, create.key_pointer)
         key_id = resolve(document, create.key_id_pointer)
-        if not isinstance(key, str) or not _HEADER_SAFE.fullmatch(key):
+        if not isinstance(key, str) or not HEADER_SAFE.fullmatch(key):
             raise ConfigError(
                 f"{reply.where}: no usable key at {create.key_pointer} in the reply (expected "
                 f"printable ASCII text; check target.create.key_pointer); {lost}"
@@ -305,7 +134,7 @@ class ApiKeyRotator(SecretRotator):
     def complete(self, credential: Credential) -> Credential:
         """An adopted value needs `api_key`; `key_id` (needed to revoke it) may be a number."""
         key = credential.get("api_key")
-        if not isinstance(key, str) or not _HEADER_SAFE.fullmatch(key):
+        if not isinstance(key, str) or not HEADER_SAFE.fullmatch(key):
             raise ConfigError(
                 f"an {self.kind} value needs an `api_key` field of printable ASCII text without "
                 'spaces (expected e.g. {"api_key": "...", "key_id": "..."})'
@@ -324,7 +153,7 @@ class ApiKeyRotator(SecretRotator):
         """The verify request, made with the key itself."""
         verify = self.target.verify
         key = credential.get("api_key")
-        if not isinstance(key, str) or not _HEADER_SAFE.fullmatch(key):
+        if not isinstance(key, str) or not HEADER_SAFE.fullmatch(key):
             raise CredentialRejected(
                 f"secret {self.context.secret_name!r} holds no usable api_key to verify"
             )
@@ -362,7 +191,7 @@ class ApiKeyRotator(SecretRotator):
         name = self._admin_name()
         field = self.target.admin_field
         value = self.context.lookup_secret(name).get(field)
-        if not isinstance(value, str) or not _HEADER_SAFE.fullmatch(value):
+        if not isinstance(value, str) or not HEADER_SAFE.fullmatch(value):
             raise ConfigError(
                 f"secret {name!r} has no usable {field!r} field to authenticate with (expected "
                 "printable ASCII text; set target.admin_field to the field holding the key)"
@@ -395,7 +224,7 @@ class ApiKeyRotator(SecretRotator):
         """The placeholder values for a request about `credential`'s key."""
         key_id = credential.get("key_id")
         if key_id is None:
-            if "key_id" in placeholders(template, _KEY_PLACEHOLDERS):
+            if "key_id" in placeholders(template, KEY_PLACEHOLDERS):
                 raise ConfigError(
                     f"a key of secret {self.context.secret_name!r} has no key_id, which "
                     f"target.{label} needs; adopt it again with its key_id"
