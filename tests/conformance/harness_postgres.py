@@ -1,7 +1,9 @@
-"""Conformance harnesses for `postgres-password` (single-user strategy), on the `pg` fixture.
+"""Conformance harnesses for `postgres-password`, on the `pg` fixture.
 
-Two shapes of target: a role that changes its own password with CURRENT (no admin), and a
-role changed by a CREATEROLE admin secret, starting with no CURRENT at all.
+Single-user strategy: a role that changes its own password with CURRENT (no admin), and a
+role changed by a CREATEROLE admin secret, starting with no CURRENT at all. Alternating
+strategy: the admin makes the clone role and the two take turns, starting from the main
+role's adopted password.
 """
 
 from __future__ import annotations
@@ -73,3 +75,15 @@ class PostgresAdminHarness(PostgresSelfHarness):
 
     def initial(self) -> Credential | None:
         return None
+
+
+class PostgresAlternatingHarness(PostgresAdminHarness):
+    """`strategy: alternating`: the main role's password is CURRENT; the clone is made on apply."""
+
+    label: ClassVar[str] = "alternating"
+
+    def target(self) -> dict[str, Any]:
+        return {**super().target(), "strategy": "alternating"}
+
+    def initial(self) -> Credential | None:
+        return Credential(password=self.password)
