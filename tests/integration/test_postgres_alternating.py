@@ -460,3 +460,18 @@ def test_a_clone_username_without_alternating_and_an_admin_that_is_the_clone_are
     )
     assert len(problems) == 1 and "secrets.app-db.target.admin_secret:" in problems[0]
     assert "the clone this secret alternates with" in problems[0]
+
+
+def test_both_roles_are_the_secrets_managed_logins() -> None:
+    """What the self-lockout cross-check needs to see (one login per role)."""
+    target = PostgresTarget(
+        host="db.internal", username="app", admin_secret="pg-admin", strategy="alternating"
+    )
+    assert PostgresPasswordRotator.managed_identities(target) == (
+        ("postgres", "db.internal", "5432", "app"),
+        ("postgres", "db.internal", "5432", "app_clone"),
+    )
+    single = PostgresTarget(host="db.internal", username="app")
+    assert PostgresPasswordRotator.managed_identities(single) == (
+        ("postgres", "db.internal", "5432", "app"),
+    )
