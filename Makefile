@@ -6,10 +6,12 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test lint format venv clean
 
-$(BIN)/.installed: pyproject.toml
+# The example plugin is installed too: the conformance suite proves a third-party rotator with it.
+$(BIN)/.installed: pyproject.toml examples/rotator-example/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e examples/rotator-example --no-deps
 	touch $@
 
 venv: $(BIN)/.installed

@@ -67,6 +67,12 @@ class SecretRotator:
         return None
 
     @classmethod
+    def managed_identities(cls, target: BaseModel) -> tuple[tuple[str, ...], ...]:
+        """Every login the target's credentials may be for (several when a strategy alternates)."""
+        identity = cls.managed_identity(target)
+        return () if identity is None else (identity,)
+
+    @classmethod
     def admin_problem(cls, target: BaseModel, admin_target: BaseModel) -> str | None:
         """Why the admin secret's credential must not be used for `target`, or None.
 

@@ -450,17 +450,17 @@ def _cross_check(
             doc.problem(("secrets", name, "target", "admin_secret"), problem)
     managed: dict[tuple[str, ...], str] = {}
     for name, spec in secrets.items():
-        identity = rotators[spec.rotator].managed_identity(spec.target)
-        if identity is None:
-            continue
-        other = managed.setdefault(identity, name)
-        if other != name:
-            doc.problem(
-                ("secrets", name, "target", "username"),
-                f"manages the same login as secret {other!r} (line "
-                f"{doc.line_of(('secrets', other))}); rotating one would lock the other out "
-                "(expected one secret per login: remove one, or point them at different logins)",
-            )
+        for identity in rotators[spec.rotator].managed_identities(spec.target):
+            other = managed.setdefault(identity, name)
+            if other != name:
+                doc.problem(
+                    ("secrets", name, "target", "username"),
+                    f"manages the same login as secret {other!r} (line "
+                    f"{doc.line_of(('secrets', other))}); rotating one would lock the other out "
+                    "(expected one secret per login: remove one, or point them at different "
+                    "logins)",
+                )
+                break
 
 
 def _check_store_paths(

@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.services.redis_fixtures",
     "tests.services.moto_fixtures",
     "tests.services.vault_fixtures",
+    "tests.services.keyservice_fixtures",
 ]
 
 

@@ -30,7 +30,6 @@ from tests.integration.conftest import dump_tables, leaked, value_forms
 from tests.services.keyservice import KeyService
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ["tests.services.keyservice_fixtures"]
 
 ADMIN, APP = "provider-admin", "app-key"
 

@@ -69,6 +69,7 @@ def test_rejected_pending_is_rolled_back_and_current_keeps_working(
         ("apply", "ok"),
         ("rollback", "ok"),  # CURRENT applied again
         ("rollback", "ok"),  # and proven
+        ("rollback", "ok"),  # PENDING retired (what it was granted, if anything, revoked)
         ("rollback", "ok"),  # then PENDING dropped
     ]
 

@@ -21,7 +21,6 @@ from tests.services.celery_procs import rotator_env, worker_env
 from tests.services.keyservice import KeyService
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ["tests.services.keyservice_fixtures"]
 
 
 @pytest.fixture

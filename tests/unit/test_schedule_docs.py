@@ -68,3 +68,20 @@ def test_the_documented_limits_are_the_real_ones() -> None:
     assert f"more than {yamlsource.MAX_VALUES} values" in DOC
     assert f"1 to {MAX_NAME_CHARS} characters" in DOC
     assert f"1 to {MAX_PATH_CHARS} characters" in DOC
+
+
+@pytest.mark.parametrize(
+    ("kind", "doc"),
+    [
+        ("postgres-password", "rotator-postgres.md"),
+        ("api-key", "rotator-api-key.md"),
+        ("vault-dynamic", "rotator-vault-dynamic.md"),
+    ],
+)
+def test_each_rotator_documents_every_target_key_on_its_page(kind: str, doc: str) -> None:
+    from rotator.base import registered_rotators
+
+    page = (ROOT / "docs" / doc).read_text()
+    model = registered_rotators()[kind].Target
+    missing = [key for key in model.model_fields if not re.search(rf"`{key}[`.]", page)]
+    assert not missing, f"docs/{doc} does not mention target keys {missing}"
