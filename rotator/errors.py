@@ -45,3 +45,9 @@ class RotationInProgress(RotatorError):
 
 class UnknownSecret(ConfigError):
     """A secret name that schedules.yaml does not declare."""
+
+
+class OutcomeUnknown(RotatorError):
+    """A request may or may not have taken effect (a create that timed out), so repeating it
+    at once could repeat its effect (a second API key). Neither the step nor the task retries
+    it; the secret's next scheduled run tries again."""
