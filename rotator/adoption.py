@@ -16,10 +16,10 @@ import structlog
 from rotator.base import SecretRotator
 from rotator.credential import Credential
 from rotator.errors import ConfigError, CredentialRejected, RotationInProgress
-from rotator.history import RetireLater, utcnow
+from rotator.history import utcnow
 from rotator.logging import secret_values
 from rotator.results import RunResult
-from rotator.retirement import retire_outgoing, retires
+from rotator.retirement import retire_later, retire_outgoing
 from rotator.stores import Stage
 
 if TYPE_CHECKING:
@@ -64,23 +64,30 @@ def adopt(
                 _check_replacement(rotator, name, pending.credential, credential)
         lease.check()  # the checks above log in and may take a while: still ours?
         if resumable is not None and pending is None:  # its version is CURRENT: record it
-            current = store.read(spec.path, Stage.CURRENT)
+            promoted = store.read_stages(spec.path)
+            current = promoted[Stage.CURRENT]
             engine.history.finish_run(
-                resumable, "succeeded", current.version_id if current else None
+                resumable,
+                "succeeded",
+                current.version_id if current else None,
+                rotate_by=rotator.rotate_by(current.credential) if current else None,
+                retire=(
+                    retire_later(spec, rotator, promoted[Stage.PREVIOUS], current.credential)
+                    if current
+                    else None
+                ),
             )
         elif resumable is not None:
             engine.history.finish_run(resumable, "failed", error="PENDING replaced by an adoption")
         engine.history.start_run(run_id, name, "adopt", None)
         detail = None if pending is None else f"replaced PENDING version {pending.version_id}"
         stages = store.read_stages(spec.path)
-        retire_outgoing(engine, spec, rotator, stages[Stage.PREVIOUS], lease)
+        staying = [credential] + [v.credential for v in (stages[Stage.CURRENT],) if v]
+        retire_outgoing(engine, spec, rotator, stages[Stage.PREVIOUS], staying, lease)
         lease.check()  # a stalled `put` must not overwrite what a newer run wrote
         version = store.put_current(spec.path, credential, run_id, replace_pending=replace_pending)
         engine.history.record_step(run_id, "adopt", "ok", detail=detail)
-        outgoing = stages[Stage.CURRENT]
-        retire = None
-        if outgoing is not None and outgoing.credential != credential and retires(rotator):
-            retire = RetireLater(name, outgoing.version_id, utcnow() + spec.grace)
+        retire = retire_later(spec, rotator, stages[Stage.CURRENT], credential)
         rotate_by = utcnow() if rotate else rotator.rotate_by(credential)
         engine.history.finish_run(
             run_id, "adopted", version.version_id, rotate_by=rotate_by, retire=retire

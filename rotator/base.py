@@ -102,6 +102,14 @@ class SecretRotator:
                 expected[name] = (value,)
         return expected
 
+    def expired(self, credential: Credential) -> bool:
+        """True when `credential` can never work again by itself (a lease past its end).
+
+        A PENDING version that expired before its run could finish (the worker was down) is
+        retired and replaced by a fresh one instead of being tried again forever.
+        """
+        return False
+
     def rotate_by(self, credential: Credential) -> datetime | None:
         """When `credential` stops working by itself (a lease that expires), if it does.
 

@@ -93,6 +93,7 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
         #: Each secret's soonest scheduled retirement, as read at the last refresh.
         self._retire: dict[str, datetime] = {}
         self._retire_sent: dict[str, tuple[str, float]] = {}
+        self._stranded: list[str] = []
         super().__init__(app, *args, **kwargs)
 
     # -- Celery's Scheduler interface ----------------------------------------------
@@ -259,6 +260,16 @@ class YamlScheduler(Scheduler):  # type: ignore[misc]  # celery ships no type hi
             if n not in self._busy and not self._sent_recently(n, s.slot, mono)
         ]
         self._retire = {n: due for n, due in retirements.items() if n in plan.secrets}
+        stranded = sorted(set(retirements) - plan.secrets.keys())
+        if stranded and stranded != self._stranded:
+            log.warning(
+                "beat.retirements_stranded",
+                secrets=stranded,
+                detail="these secrets are no longer in schedules.yaml but have credentials "
+                "waiting to be retired; declare them again, or revoke those by hand "
+                "(rotator retire --list shows them)",
+            )
+        self._stranded = stranded
         self._due += [
             (due.timestamp(), n, retire_slot(due))
             for n, due in self._retire.items()
@@ -470,7 +481,7 @@ def load_states(
         name: SecretState(
             last_success=successes.get(name),
             rotate_by=latest[name][2] if name in latest else None,
-            adopted=name in latest and latest[name][1] == "adopted",
+            adopted=name in latest and _rotate_requested(*latest[name]),
             last_failure=failures.get(name),
             abandoned=None if name in busy else abandoned.get(name),
             first_seen=first_seen.get(name),
@@ -478,6 +489,16 @@ def load_states(
         for name in successes.keys() | failures.keys() | abandoned.keys()
     }
     return states, busy
+
+
+def _rotate_requested(
+    finished_at: datetime | None, status: str, rotate_by: datetime | None
+) -> bool:
+    """An adoption asking to be rotated at once records `rotate_by` no later than its own end
+    (a credential's expiry, recorded by a `--no-rotate` adoption, lies ahead of it)."""
+    if status != "adopted" or finished_at is None or rotate_by is None:
+        return False
+    return rotate_by <= finished_at
 
 
 def claimed_slots(

@@ -26,8 +26,9 @@ def scheduled_table(runtime: Runtime, names: list[str]) -> Table:
     for row in rows:
         if names and row.secret not in names:
             continue
+        declared = row.secret in runtime.plan.secrets
         table.add_row(
-            escape(row.secret),
+            escape(row.secret) + ("" if declared else " [red](not in schedules.yaml)[/]"),
             escape(row.version_id),
             _when(row.due_at, now),
             str(row.attempts),

@@ -35,11 +35,11 @@ from rotator.errors import (
     StoreError,
     TransientError,
 )
-from rotator.history import History, RetireLater, utcnow
+from rotator.history import History
 from rotator.locks import LeaseManager, SecretLease
 from rotator.logging import scrub, secret_values
 from rotator.results import RunResult
-from rotator.retirement import retire_outgoing, retires
+from rotator.retirement import retire_later, retire_outgoing
 from rotator.schedule import Plan, SecretSpec
 from rotator.stores import SecretStore, SecretVersion, Stage
 from rotator.storeset import StoreSet
@@ -222,8 +222,19 @@ class Engine:
         pending = store.read(spec.path, Stage.PENDING)
         current = store.read(spec.path, Stage.CURRENT)
         promoted = current is not None and current.token == newest.id
-        if newest.trigger == "adopt" and promoted:
-            self.history.finish_run(newest.id, "adopted", current.version_id if current else None)
+        if newest.trigger == "adopt" and promoted and current is not None:
+            # The adoption stored its value; only its record is missing. What it replaced is
+            # PREVIOUS now, and is retired after grace as the adoption would have scheduled.
+            rotator = self.rotator_for(spec)
+            self.history.finish_run(
+                newest.id,
+                "adopted",
+                current.version_id,
+                rotate_by=rotator.rotate_by(current.credential),
+                retire=retire_later(
+                    spec, rotator, store.read(spec.path, Stage.PREVIOUS), current.credential
+                ),
+            )
             return None
         if newest.trigger != "adopt" and (pending is not None or promoted):
             return newest.id
@@ -287,6 +298,9 @@ class Engine:
     ) -> SecretVersion:
         """Reuse a PENDING version (a resume), else generate one and store it as PENDING."""
         if pending is None:
+            # generate may make something at the target (an API key, a lease): not for a run
+            # that has lost its lease.
+            run.lease.check()
             credential = run.rotator.generate(current.credential if current else None)
             run.secrets.enter_context(secret_values(credential.secret_values()))
             self._guard_identity(run, credential, current)
@@ -295,6 +309,8 @@ class Engine:
             )
         else:
             self._guard_identity(run, pending.credential, current)
+            if run.rotator.expired(pending.credential):
+                self._drop_expired(run, pending)
             if not self.history.record_step(
                 run.run_id, "create", "ok", 0, "reused PENDING", fence=run.lease
             ):
@@ -311,15 +327,25 @@ class Engine:
         previous: SecretVersion | None,
     ) -> None:
         """Make the target accept PENDING (PENDING is already safe in the store)."""
-        self._step(
-            run,
-            "apply",
-            lambda: run.rotator.apply(
-                pending.credential,
-                current.credential if current else None,
-                previous.credential if previous else None,
-            ),
-        )
+
+        def action() -> None:
+            try:
+                run.rotator.apply(
+                    pending.credential,
+                    current.credential if current else None,
+                    previous.credential if previous else None,
+                )
+            except CredentialRejected:
+                admin = run.spec.admin_secret
+                if admin is not None and self._being_rotated(admin):
+                    # Its CURRENT may have changed under us: retried, the lookup reads it anew.
+                    raise TransientError(
+                        f"the admin secret {admin!r} is being rotated right now; "
+                        "trying again with its new CURRENT"
+                    ) from None
+                raise
+
+        self._step(run, "apply", action)
         run.log.info("rotation.applied", version_id=pending.version_id)
         self._hook("applied")
 
@@ -341,7 +367,8 @@ class Engine:
         The old PREVIOUS leaves the store here: if it still awaits retirement, it is
         retired first (rotator.retirement), while its value can still be read.
         """
-        retire_outgoing(self, run.spec, run.rotator, previous, run.lease)
+        staying = [pending.credential] + ([current.credential] if current else [])
+        retire_outgoing(self, run.spec, run.rotator, previous, staying, run.lease)
         self._step(
             run,
             "finish",
@@ -438,6 +465,29 @@ class Engine:
             raise self._lost(run)
         return result
 
+    def _drop_expired(self, run: _Run, pending: SecretVersion) -> None:
+        """A PENDING that expired before its run could finish (the worker was down longer than
+        a lease) can never work: it is retired and dropped, and the run fails, so the next run
+        (under a new id: this one's token is spent) makes a fresh one."""
+        with suppress(RotatorError):  # best effort: an expired lease is gone by itself
+            run.rotator.retire(pending.credential)
+        self._step(
+            run, "create", lambda: run.store.discard_pending(run.spec.path, pending.version_id)
+        )
+        raise CredentialRejected(
+            f"PENDING version {pending.version_id} expired before its run could finish; it was "
+            "dropped, and the next run makes a new one"
+        )
+
+    def _being_rotated(self, name: str) -> bool:
+        """A run holds secret `name`, or it has a PENDING version not yet promoted."""
+        spec = self.plan.secrets.get(name)
+        if spec is None:
+            return False
+        if self.leases.holder(name) is not None:
+            return True
+        return self.store_for(spec).read(spec.path, Stage.PENDING) is not None
+
     @staticmethod
     def _lost(run: _Run) -> LockLost:
         return LockLost(f"the lease of secret {run.spec.name!r} was lost to another run")
@@ -476,14 +526,9 @@ class Engine:
     ) -> RunResult:
         """Record the run a success; `outgoing` (the old CURRENT, PREVIOUS now) is scheduled
         for retirement after the secret's grace period when the rotator retires anything."""
-        retire = None
-        if (
-            outgoing is not None
-            and outgoing.version_id != version.version_id
-            and retires(run.rotator)
-        ):
-            due_at = utcnow() + run.spec.grace
-            retire = RetireLater(run.spec.name, outgoing.version_id, due_at)
+        if outgoing is not None and outgoing.version_id == version.version_id:
+            outgoing = None
+        retire = retire_later(run.spec, run.rotator, outgoing, version.credential)
         self.history.finish_run(
             run.run_id,
             "succeeded",

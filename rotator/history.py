@@ -162,8 +162,13 @@ class Retirement(Base):
     version_id: Mapped[str] = mapped_column(String(128))
     #: The run (rotation or adoption) that made this version PREVIOUS.
     run_id: Mapped[str] = mapped_column(String(64))
+    #: The rotator kind and a digest of the target block that made the version: a retirement
+    #: is never done by another kind or against another target (schedules.yaml changed).
+    rotator: Mapped[str] = mapped_column(String(64))
+    target_digest: Mapped[str] = mapped_column(String(64))
     due_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
-    #: scheduled, retired, failed (given up: the version left the store unretired)
+    #: scheduled; retired; cancelled (its value is in use again: nothing to revoke); failed
+    #: (given up: revoke it by hand, `last_error` says why)
     status: Mapped[str] = mapped_column(String(16), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -283,6 +288,8 @@ class RetireLater:
     secret: str
     version_id: str
     due_at: datetime
+    rotator: str
+    target_digest: str
 
 
 def _still_held(lease: HeldLease) -> Exists:
@@ -387,6 +394,8 @@ class History:
                         version_id=retire.version_id,
                         run_id=run_id,
                         due_at=retire.due_at,
+                        rotator=retire.rotator,
+                        target_digest=retire.target_digest,
                         status="scheduled",
                         attempts=0,
                     )

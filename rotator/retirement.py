@@ -16,8 +16,11 @@ grace has passed: once the value leaves the store nothing could revoke it any mo
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -27,8 +30,9 @@ from sqlalchemy import func, select, update
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from rotator.base import SecretRotator
-from rotator.errors import LockLost, RotatorError, TransientError
-from rotator.history import Database, Retirement, utcnow
+from rotator.credential import Credential
+from rotator.errors import CredentialRejected, LockLost, RotatorError, TransientError
+from rotator.history import Database, RetireLater, Retirement, utcnow
 from rotator.locks import SecretLease
 from rotator.logging import scrub, secret_values
 from rotator.schedule import SecretSpec
@@ -39,9 +43,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("rotator.retirement")
 
-#: A failed retirement is tried again after this long, doubling per attempt up to the cap.
+#: A failed retirement is tried again after this long, doubling per attempt up to the cap,
+#: and given up (revoke by hand) after MAX_ATTEMPTS attempts: about two days.
 RETRY_AFTER = timedelta(minutes=1)
 RETRY_AFTER_MAX = timedelta(hours=1)
+MAX_ATTEMPTS = 50
 
 
 def retires(rotator: type[SecretRotator] | SecretRotator) -> bool:
@@ -56,7 +62,7 @@ class RetireOutcome:
 
     secret: str
     version_id: str
-    #: retired, retry (tried again at `next_at`), failed (given up)
+    #: retired, retry (tried again at `next_at`), cancelled (in use again), failed (given up)
     outcome: str
     error: str | None = None
     next_at: str | None = None
@@ -134,6 +140,32 @@ def retry_delay(attempts: int) -> timedelta:
     return min(RETRY_AFTER * doubling, RETRY_AFTER_MAX)
 
 
+def target_digest(spec: SecretSpec) -> str:
+    """A digest of the secret's target block: a retirement is done against that target only."""
+    return hashlib.sha256(spec.target.model_dump_json().encode()).hexdigest()
+
+
+def retire_later(
+    spec: SecretSpec,
+    rotator: SecretRotator,
+    outgoing: SecretVersion | None,
+    kept: Credential,
+) -> RetireLater | None:
+    """The retirement to schedule for `outgoing` (the old CURRENT, now PREVIOUS), if any: none
+    when the rotator retires nothing, or when `kept` (the new CURRENT) shares a value with it."""
+    if outgoing is None or not retires(rotator) or _shares_a_value(outgoing.credential, [kept]):
+        return None
+    due_at = utcnow() + spec.grace
+    return RetireLater(spec.name, outgoing.version_id, due_at, spec.rotator, target_digest(spec))
+
+
+def _shares_a_value(credential: Credential, others: list[Credential]) -> bool:
+    """True when a confidential value of `credential` is one of `others`' (the same key or
+    password adopted again): retiring it would cut off a credential in use."""
+    mine = set(credential.secret_values())
+    return any(mine & set(other.secret_values()) for other in others)
+
+
 def retire_due(engine: Engine, name: str, now: datetime | None = None) -> list[RetireOutcome]:
     """Retire every version of secret `name` whose grace period has passed.
 
@@ -150,10 +182,10 @@ def retire_due(engine: Engine, name: str, now: datetime | None = None) -> list[R
             return []
         stages = engine.store_for(spec).read_stages(spec.path)
         rotator = engine.rotator_for(spec)
-        return [
-            _retire(engine, spec, rotator, row, stages[Stage.PREVIOUS], lease, table, early=False)
-            for row in due
-        ]
+        in_use = [v.credential for v in (stages[Stage.CURRENT], stages[Stage.PENDING]) if v]
+        retire = _Retire(engine, spec, rotator, lease, table, in_use, early=False)
+        with _scrubbed(rotator, spec, stages.values()):
+            return [retire(row, stages[Stage.PREVIOUS]) for row in due]
 
 
 def retire_outgoing(
@@ -161,75 +193,132 @@ def retire_outgoing(
     spec: SecretSpec,
     rotator: SecretRotator,
     previous: SecretVersion | None,
+    in_use: list[Credential],
     lease: SecretLease,
 ) -> RetireOutcome | None:
     """Retire the PREVIOUS version now if it is due to be retired at all: the caller is about
-    to push it out of the store. A failure is recorded and logged, never raised: the caller's
-    rotation must go on, and the version could not be retired later anyway."""
+    to push it out of the store, after which nothing could revoke it.
+
+    `in_use` are the values that stay (CURRENT, the new value): a PREVIOUS sharing one is not
+    revoked. A transient failure is raised as TransientError, so the caller's step fails and
+    is tried again while the value is still in the store; any other failure is recorded as
+    given up (revoke by hand) and the caller goes on.
+    """
     if previous is None or not retires(rotator):
         return None
     table = Retirements(engine.history.database)
     row = table.of_version(spec.name, previous.version_id)
     if row is None:
         return None
-    return _retire(engine, spec, rotator, row, previous, lease, table, early=True)
+    retire = _Retire(engine, spec, rotator, lease, table, in_use, early=True)
+    with _scrubbed(rotator, spec, [previous]):
+        return retire(row, previous)
 
 
-def _retire(
-    engine: Engine,
-    spec: SecretSpec,
-    rotator: SecretRotator,
-    row: Retirement,
-    previous: SecretVersion | None,
-    lease: SecretLease,
-    table: Retirements,
-    early: bool,
-) -> RetireOutcome:
-    bound = log.bind(secret=spec.name, version_id=row.version_id, run_id=row.run_id)
-    if previous is None or previous.version_id != row.version_id:
-        error = (
-            f"version {row.version_id} is no longer PREVIOUS in store {spec.store!r}, so it "
-            "cannot be retired from here; if the target still accepts it, revoke it by hand"
-        )
-        return _give_up(engine, table, row, error, bound)
-    started = time.monotonic()
-    with secret_values(previous.credential.secret_values()):
+@contextmanager
+def _scrubbed(
+    rotator: SecretRotator, spec: SecretSpec, versions: Iterable[SecretVersion | None]
+) -> Iterator[None]:
+    """Every value a retirement handles is cut out of its error texts and logs: the stages
+    and the admin secret's CURRENT (a provider's error may quote either)."""
+    values = [v for version in versions if version for v in version.credential.secret_values()]
+    if spec.admin_secret is not None:
+        with suppress(RotatorError):
+            values += rotator.context.lookup_secret(spec.admin_secret).secret_values()
+    with secret_values(values):
+        yield
+
+
+@dataclass
+class _Retire:
+    """One pass of retirements of one secret, under its lease."""
+
+    engine: Engine
+    spec: SecretSpec
+    rotator: SecretRotator
+    lease: SecretLease
+    table: Retirements
+    in_use: list[Credential]
+    early: bool
+
+    def __call__(self, row: Retirement, previous: SecretVersion | None) -> RetireOutcome:
+        spec = self.spec
+        bound = log.bind(secret=spec.name, version_id=row.version_id, run_id=row.run_id)
+        problem = self._mismatch(row, previous)
+        if problem is not None:
+            return self._close(row, "failed", problem, bound)
+        assert previous is not None
+        if _shares_a_value(previous.credential, self.in_use):
+            reason = "its value is in use again (adopted or current): nothing was revoked"
+            return self._close(row, "cancelled", reason, bound)
+        started = time.monotonic()
         try:
             for attempt in Retrying(
                 stop=stop_after_attempt(spec.max_attempts),
-                wait=wait_exponential(multiplier=engine.retry_wait_seconds, max=30),
+                wait=wait_exponential(multiplier=self.engine.retry_wait_seconds, max=30),
                 retry=retry_if_exception_type(TransientError),
                 reraise=True,
             ):
                 with attempt:
-                    lease.check()
-                    rotator.retire(previous.credential)
+                    self.lease.check()
+                    self.rotator.retire(previous.credential)
         except LockLost:
             raise
         except RotatorError as exc:
-            error = scrub(f"{type(exc).__name__}: {exc}")
-            if early:
-                return _give_up(engine, table, row, error, bound)
-            attempts = row.attempts + 1
-            next_at = utcnow() + retry_delay(attempts)
-            table.postpone(row.id, attempts, error, next_at)
-            engine.history.record_step(row.run_id, "retire", "retry", None, error)
-            bound.warning("retirement.retrying", error=error, next_at=next_at.isoformat())
-            return RetireOutcome(spec.name, row.version_id, "retry", error, next_at.isoformat())
-    elapsed = int((time.monotonic() - started) * 1000)
-    detail = f"retired version {row.version_id}" + (
-        " early: a newer version replaces it in the store" if early else ""
-    )
-    table.finish(row.id, "retired")
-    engine.history.record_step(row.run_id, "retire", "ok", elapsed, detail)
-    bound.info("retirement.retired", early=early)
-    return RetireOutcome(spec.name, row.version_id, "retired")
+            return self._failed(row, exc, bound)
+        elapsed = int((time.monotonic() - started) * 1000)
+        detail = f"retired version {row.version_id}" + (
+            " early: a newer version replaces it in the store" if self.early else ""
+        )
+        self.table.finish(row.id, "retired")
+        self.engine.history.record_step(row.run_id, "retire", "ok", elapsed, detail)
+        bound.info("retirement.retired", early=self.early)
+        return RetireOutcome(spec.name, row.version_id, "retired")
 
+    def _mismatch(self, row: Retirement, previous: SecretVersion | None) -> str | None:
+        """Why this retirement cannot be done from here (the reason says what to do)."""
+        spec = self.spec
+        if previous is None or previous.version_id != row.version_id:
+            return (
+                f"version {row.version_id} is no longer PREVIOUS in store {spec.store!r}, so it "
+                "cannot be retired from here; if the target still accepts it, revoke it by hand"
+            )
+        if row.rotator != spec.rotator or row.target_digest != target_digest(spec):
+            return (
+                f"the target block of {spec.name!r} changed since version {row.version_id} was "
+                f"made (rotator {row.rotator!r}, now {spec.rotator!r}), so it is not retired "
+                "against the new target; if the old target still accepts it, revoke it by hand"
+            )
+        return None
 
-def _give_up(
-    engine: Engine, table: Retirements, row: Retirement, error: str, bound: Any
-) -> RetireOutcome:
-    table.finish(row.id, "failed", error)
-    engine.history.record_step(row.run_id, "retire", "error", None, error)
-    bound.error("retirement.failed", error=error)
-    return RetireOutcome(row.secret, row.version_id, "failed", error)
+    def _failed(self, row: Retirement, exc: RotatorError, bound: Any) -> RetireOutcome:
+        """A transient or refused attempt is tried again later (an early one: raised, so the
+        rotation that needs the slot is retried); anything else is given up."""
+        error = scrub(f"{type(exc).__name__}: {exc}")
+        retry_later = isinstance(exc, TransientError | CredentialRejected)
+        attempts = row.attempts + 1
+        if not retry_later or attempts >= MAX_ATTEMPTS:
+            return self._close(row, "failed", f"{error}; revoke it by hand", bound)
+        if self.early:
+            if not isinstance(exc, TransientError):
+                return self._close(row, "failed", f"{error}; revoke it by hand", bound)
+            self.engine.history.record_step(row.run_id, "retire", "retry", None, error)
+            raise TransientError(
+                f"the previous version {row.version_id} must be retired before it leaves the "
+                f"store, and that failed: {error}"
+            )
+        next_at = utcnow() + retry_delay(attempts)
+        self.table.postpone(row.id, attempts, error, next_at)
+        self.engine.history.record_step(row.run_id, "retire", "retry", None, error)
+        bound.warning("retirement.retrying", error=error, next_at=next_at.isoformat())
+        return RetireOutcome(self.spec.name, row.version_id, "retry", error, next_at.isoformat())
+
+    def _close(self, row: Retirement, status: str, reason: str, bound: Any) -> RetireOutcome:
+        self.table.finish(row.id, status, reason)
+        self.engine.history.record_step(
+            row.run_id, "retire", "error" if status == "failed" else "ok", None, reason
+        )
+        getattr(bound, "error" if status == "failed" else "info")(
+            f"retirement.{status}", reason=reason
+        )
+        return RetireOutcome(row.secret, row.version_id, status, reason)

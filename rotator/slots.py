@@ -26,6 +26,8 @@ Reason = Literal[
 
 #: A failed or rolled back run is retried after this long (or the schedule's period if shorter).
 RETRY_DELAY = timedelta(hours=1)
+#: The soonest an `expiring` slot comes after the success that made the credential.
+EXPIRING_FLOOR = timedelta(minutes=1)
 #: Namespace of the task ids beat gives rotations; changing it would break deduplication.
 TASK_ID_NAMESPACE = uuid.UUID("6f1c35f4-8b0e-4c53-9d55-3f1f6c0b7a21")
 
@@ -51,8 +53,8 @@ class SecretState:
     abandoned: Abandoned | None = None
     #: When the caller first saw this secret with no success; anchors a first cron slot.
     first_seen: datetime | None = None
-    #: The last success's `rotate_by`: its credential expires then, or it was an adoption
-    #: that asked to be rotated at once (`adopted`).
+    #: The last success's `rotate_by`: its credential expires then; or, with `adopted`, it
+    #: was an adoption that asked to be rotated at once (rotate_on_adopt / put --rotate).
     rotate_by: datetime | None = None
     adopted: bool = False
 
@@ -106,8 +108,11 @@ def next_slot(spec: SecretSpec, state: SecretState, now: datetime) -> Slot:
         return slot
     if state.adopted:  # `rotate_on_adopt`: at once, spread by the window like any due slot
         return _windowed(spec, f"adopted:{stamp(early)}", early, "adopted", slot.due_at - early)
-    # The credential expires by itself: rotate before it does, with no window delay.
-    return Slot(spec.name, f"expiring:{stamp(early)}", early, early, "expiring")
+    # The credential expires by itself: rotate before it does, with no window delay; but
+    # never sooner than EXPIRING_FLOOR after the success (a credential that was made with
+    # less life left than that would otherwise be rotated again and again at once).
+    due = max(early, state.last_success + EXPIRING_FLOOR)
+    return Slot(spec.name, f"expiring:{stamp(due)}", due, due, "expiring")
 
 
 def _every_slot(

@@ -219,7 +219,7 @@ def pg_plan(
         ]
         schedules = write_schedules("\n".join(lines) + "\n")
         runtime = make_runtime(schedules, step_hook=step_hook)
-        runtime.engine.adopt("pg-admin", Credential(password=initial[admin_role]))
+        runtime.engine.adopt("pg-admin", Credential(password=initial[admin_role]), rotate=False)
         return PgPlan(
             pg, runtime, schedules, make_runtime, {**roles, "pg-admin": admin_role}, initial
         )

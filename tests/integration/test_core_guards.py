@@ -241,3 +241,26 @@ def test_scrubbed_text_of_a_multi_line_value_keeps_no_part_of_it(
     text_ = scrubbed_text(raised.value) or ""
     assert first_half not in text_, text_
     assert REDACTED in text_
+
+
+# -- (5) an admin rotating under a dependent's run ----------------------------------------------
+
+
+def test_a_dependent_refused_while_its_admin_rotates_is_transient_then_succeeds(
+    pg_plan: PgPlanFactory,
+) -> None:
+    """The admin's password changed at the server but its CURRENT is not promoted yet: the
+    dependent's apply is refused with the old one. That is a retry (the task tries again with
+    the admin's new CURRENT), not a failure to roll back or give up on."""
+    plan = pg_plan()
+    crashing = plan.new_runtime(step_hook=crash_at("applied"))
+    with pytest.raises(Exception):
+        crashing.engine.run("pg-admin")  # the admin's new password is applied, not promoted
+    result = plan.runtime.engine.run("db-0")
+    assert result.outcome == "failed"
+    assert (result.error or "").startswith("TransientError")
+    assert "admin secret 'pg-admin' is being rotated" in (result.error or "")
+    assert stages(plan.store, "db-0")[Stage.CURRENT] is None  # nothing changed for db-0
+    set_lease(plan.runtime.database, "pg-admin", expires_at=utcnow() - timedelta(seconds=1))
+    assert plan.runtime.engine.run("pg-admin").outcome == "succeeded"  # the admin finishes
+    assert plan.runtime.engine.run("db-0").outcome == "succeeded"

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from rotator.config import Settings
 from rotator.credential import Credential
-from rotator.errors import ConfigError
+from rotator.errors import ConfigError, TransientError
 from rotator.history import Retirement, utcnow
 from rotator.retirement import Retirements, retire_due
 from rotator.runtime import Runtime, build_runtime
@@ -235,3 +235,158 @@ def test_the_scheduled_list_names_versions_never_values(make: Make, tokens: Path
     (row,) = Retirements(runtime.database).scheduled("api")
     text = repr(row.__dict__)
     assert first not in text and current(runtime) not in text
+
+
+class Crash(Exception):
+    """A process dying between two steps."""
+
+
+def test_re_adopting_the_previous_value_cancels_its_retirement_instead_of_revoking_it(
+    make: Make, tokens: Path
+) -> None:
+    """Going back to the previous key by hand must not revoke the key now in use."""
+    runtime = make()
+    first = adopt_first(runtime, tokens)
+    assert runtime.engine.run("api").outcome == "succeeded"
+    second = current(runtime)
+    runtime.engine.adopt("api", Credential(token=first), rotate=False)
+    assert current(runtime) == first
+    assert first in tokens.read_text().split()
+    retire_due(runtime.engine, "api", utcnow() + LATER)  # `second` is retired after grace
+    assert tokens.read_text().split() == [first]
+    assert revoked(tokens) == [second]
+    assert sorted(r.status for r in rows(runtime)) == ["cancelled", "retired"]
+
+
+def test_an_adoption_that_settles_a_promoted_run_keeps_its_retirement(
+    make: Make, tokens: Path
+) -> None:
+    runtime = make()
+    first = adopt_first(runtime, tokens)
+
+    def crash_after_promote(point: str) -> None:
+        if point == "promoted":
+            raise Crash
+
+    runtime.engine.step_hook = crash_after_promote
+    with pytest.raises(Crash):
+        runtime.engine.run("api")
+    runtime.engine.step_hook = None
+    third = secrets.token_urlsafe(24)
+    tokens.write_text(tokens.read_text() + third + "\n")
+    runtime.engine.adopt("api", Credential(token=third), rotate=False)
+    for _ in range(2):
+        retire_due(runtime.engine, "api", utcnow() + LATER)
+    assert first in revoked(tokens)  # pushed out by the adoption: retired early, not lost
+    assert tokens.read_text().split() == [third]
+
+
+def test_an_adoption_interrupted_before_its_record_still_retires_what_it_replaced(
+    make: Make, tokens: Path
+) -> None:
+    runtime = make()
+    first = adopt_first(runtime, tokens)
+    second = secrets.token_urlsafe(24)
+    tokens.write_text(f"{first}\n{second}\n")
+    history = runtime.engine.history
+    real = history.finish_run
+
+    def dies_recording_the_adoption(run_id: str, status: str, *args: object, **kw: object) -> bool:
+        if status == "adopted":
+            raise Crash
+        return real(run_id, status, *args, **kw)  # type: ignore[arg-type]
+
+    history.finish_run = dies_recording_the_adoption  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        runtime.engine.adopt("api", Credential(token=second), rotate=False)
+    history.finish_run = real  # type: ignore[method-assign]
+    runtime.engine.run("api")  # settles the adoption first
+    for _ in range(3):
+        retire_due(runtime.engine, "api", utcnow() + LATER)
+    assert first in revoked(tokens)
+
+
+def test_an_early_retirement_that_fails_transiently_fails_the_run_and_is_kept(
+    make: Make, tokens: Path
+) -> None:
+    runtime = make()
+    first = adopt_first(runtime, tokens)
+    runtime.engine.run("api")
+    down = tokens.with_name("tokens.down")
+
+    def target_goes_down(point: str) -> None:
+        if point == "tested":
+            down.touch()
+
+    runtime.engine.step_hook = target_goes_down
+    result = runtime.engine.run("api")
+    runtime.engine.step_hook = None
+    down.unlink()
+    assert result.outcome == "failed" and (result.error or "").startswith("TransientError")
+    assert [r.status for r in rows(runtime)] == ["scheduled"]
+    again = runtime.engine.run("api")  # the task's retry: resumes PENDING, retires first
+    assert again.outcome == "succeeded"
+    assert first in revoked(tokens) and first not in tokens.read_text().split()
+
+
+def test_a_changed_target_block_gives_a_retirement_up_instead_of_faking_it(
+    make: Make, tokens: Path, tmp_path: Path
+) -> None:
+    runtime = make()
+    first = adopt_first(runtime, tokens)
+    runtime.engine.run("api")
+    moved = make(schedules(tmp_path / "other-tokens"))
+    (outcome,) = retire_due(moved.engine, "api", utcnow() + LATER)
+    assert outcome.outcome == "failed"
+    assert outcome.error is not None and "target block of 'api' changed" in outcome.error
+    assert "revoke it by hand" in outcome.error
+    assert first in tokens.read_text().split() and revoked(tokens) == []
+
+
+def test_retirement_errors_never_carry_the_current_value(make: Make, tokens: Path) -> None:
+    runtime = make()
+    adopt_first(runtime, tokens)
+    runtime.engine.run("api")
+    value = current(runtime)
+    rotator_cls = runtime.engine.rotators["token-file"]
+
+    class Leaky(rotator_cls):  # type: ignore[misc,valid-type]
+        def retire(self, previous: Credential) -> None:
+            raise TransientError(f"provider said: bad header Bearer {value}")
+
+    runtime.engine.rotators = {**runtime.engine.rotators, "token-file": Leaky}
+    (outcome,) = retire_due(runtime.engine, "api", utcnow() + LATER)
+    assert outcome.outcome == "retry"
+    assert value not in (outcome.error or "")
+    (row,) = rows(runtime)
+    assert value not in (row.last_error or "")
+
+
+def test_an_expired_pending_is_retired_and_dropped_and_the_next_run_starts_afresh(
+    make: Make, tokens: Path
+) -> None:
+    runtime = make()
+    first = adopt_first(runtime, tokens)
+
+    def crash_after_create(point: str) -> None:
+        if point == "created":
+            raise Crash
+
+    runtime.engine.step_hook = crash_after_create
+    with pytest.raises(Crash):
+        runtime.engine.run("api")
+    runtime.engine.step_hook = None
+    store = runtime.engine.store_for(runtime.plan.secret("api"))
+    stale = store.read("api", Stage.PENDING)
+    assert stale is not None
+    expired = tokens.with_name("tokens.expired")
+    expired.touch()
+    result = runtime.engine.run("api")
+    assert result.outcome == "failed" and "expired before its run could finish" in (
+        result.error or ""
+    )
+    assert store.read("api", Stage.PENDING) is None
+    assert revoked(tokens) == [stale.credential.get("token")]
+    expired.unlink()
+    assert runtime.engine.run("api").outcome == "succeeded"
+    assert current(runtime) not in (first, stale.credential.get("token"))

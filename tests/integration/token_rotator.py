@@ -2,7 +2,8 @@
 
 The target is a real file of accepted tokens (one per line): `apply` adds a token, `test`
 looks it up, `retire` removes it and appends it to `<file>.revoked`. A `<file>.down` file
-makes every call a TransientError, a `<file>.refuse` file makes `apply` accept nothing.
+makes every call a TransientError, a `<file>.refuse` file makes `apply` accept nothing, a
+`<file>.expired` file makes every token count as expired.
 It retires what it no longer needs, as API keys and Vault leases do, without a server.
 """
 
@@ -47,6 +48,9 @@ class TokenFileRotator(SecretRotator):
         self._reachable()
         if credential.get("token") not in self.accepted():
             raise CredentialRejected(f"{self.target.path.name} does not accept that token")
+
+    def expired(self, credential: Credential) -> bool:
+        return self._flag("expired").exists()  # as if every lease had run out
 
     def retire(self, previous: Credential) -> None:
         self._reachable()

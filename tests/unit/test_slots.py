@@ -242,3 +242,22 @@ def test_a_failure_after_an_early_slot_is_retried_as_usual() -> None:
         last_success=last, rotate_by=last, adopted=True, last_failure=NOW - timedelta(hours=2)
     )
     assert next_slot(DAILY, state, NOW).reason == "retry"
+
+
+def test_a_credential_made_with_little_life_left_is_not_rotated_again_at_once() -> None:
+    """rotate_by already passed at the success (a short lease, a slow run): the next
+    `expiring` slot comes EXPIRING_FLOOR later, not at every tick."""
+    from rotator.slots import EXPIRING_FLOOR
+
+    state = SecretState(last_success=NOW, rotate_by=NOW - timedelta(seconds=5))
+    slot = next_slot(DAILY, state, NOW)
+    assert (slot.reason, slot.start_at) == ("expiring", NOW + EXPIRING_FLOOR)
+
+
+def test_only_an_adoption_that_asked_for_it_counts_as_adopted() -> None:
+    from rotator.beat import _rotate_requested
+
+    assert _rotate_requested(NOW, "adopted", NOW - timedelta(microseconds=5))  # put --rotate
+    assert not _rotate_requested(NOW, "adopted", NOW + timedelta(hours=6))  # a lease's expiry
+    assert not _rotate_requested(NOW, "adopted", None)  # put --no-rotate
+    assert not _rotate_requested(NOW, "succeeded", NOW - timedelta(seconds=1))

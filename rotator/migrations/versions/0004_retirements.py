@@ -27,6 +27,8 @@ def upgrade() -> None:
         sa.Column("secret", sa.String(255), nullable=False),
         sa.Column("version_id", sa.String(128), nullable=False),
         sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("rotator", sa.String(64), nullable=False),
+        sa.Column("target_digest", sa.String(64), nullable=False),
         sa.Column("due_at", sa.DateTime(), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
