@@ -184,3 +184,31 @@ def test_took_is_the_task_total_not_the_steps_counted_twice() -> None:
     console.print(results_table([timed, tasked]))
     text = console.export_text()
     assert "100 ms" in text and "130 ms" in text and "190 ms" not in text
+
+
+def test_put_rotates_at_once_by_default_and_not_with_no_rotate(
+    pg: PgServer, cli_setup: tuple[Cli, dict[str, str], dict[str, str]]
+) -> None:
+    cli, roles, passwords = cli_setup
+    kept = cli(
+        "put",
+        "pg-admin",
+        "--no-rotate",
+        stdin=json.dumps({"password": passwords[roles["pg-admin"]]}),
+    )
+    assert kept.returncode == 0, kept.stderr
+    assert "next rotation as scheduled (every 30d)" in kept.stdout
+    typed = cli("put", "db-0", stdin=json.dumps({"password": passwords[roles["db-0"]]}))
+    assert typed.returncode == 0, typed.stderr
+    assert "due for rotation now" in typed.stdout
+    rows = {row["secret"]: row for row in json.loads(cli("plan", "--json").stdout)}
+    assert rows["pg-admin"]["reason"] == "interval"
+    assert (rows["db-0"]["reason"], rows["db-0"]["slot"][:8]) == ("adopted", "adopted:")
+    rotated = cli("rotate", "db-0", "--inline", "--json")  # what beat sends within the window
+    assert rotated.returncode == 0, rotated.stderr
+    rows = {row["secret"]: row for row in json.loads(cli("plan", "--json").stdout)}
+    assert rows["db-0"]["reason"] == "interval"  # rotated once, not again and again
+    listed = cli("retire", "--list")
+    assert listed.returncode == 0, listed.stderr  # postgres-password retires nothing
+    nothing = cli("retire")
+    assert nothing.returncode == 0 and "nothing is due for retirement" in nothing.stdout

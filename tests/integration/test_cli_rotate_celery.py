@@ -79,7 +79,8 @@ def test_rotate_wait_through_a_worker_prints_steps_and_the_outcome(
 def test_all_and_overdue_choose_their_secrets(pg_plan: PgPlanFactory, tmp_path: Path) -> None:
     """plan shows beat's slots; --all queues every secret; --overdue only the due ones."""
     plan = pg_plan({"db-0": unique_role(), "db-1": unique_role()})
-    plan.runtime.engine.adopt("db-0", Credential(password=plan.initial[plan.roles["db-0"]]))
+    initial = Credential(password=plan.initial[plan.roles["db-0"]])
+    plan.runtime.engine.adopt("db-0", initial, rotate=False)  # counts as a rotation
     env = rotator_env(plan.runtime.settings, None)
     adopted = plan.runtime.history.last_success("db-0")
     assert adopted is not None and adopted.finished_at is not None
