@@ -10,24 +10,28 @@ insists that the server checked the password (the postgres rotator's proof).
 `retire` revokes a lease by id, idempotent as Vault is: revoking an unknown
 or already revoked lease succeeds.
 
-Leases die with the Vault token that created them, so the rotator's token
-must outlive them (docs/rotator-vault-dynamic.md). Vault sessions (login and
+Leases die with the Vault token that created them: `generate` looks the token
+up and stores the earlier end as `expires_at`, so `rotate_by` and `expired`
+follow the credential's real life (docs/rotator-vault-dynamic.md). A stored
+lease id is revoked only if it is this role's, segment by segment; Vault's
+texts reach our errors without statement text (rotators/vault_dynamic_errors).
+Vault sessions (login and
 token renewal, rotator.stores.vault_auth) are shared by every secret of a
 process that uses the same Vault and auth settings.
 """
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import quote
 
 import hvac
-import requests
 import structlog
 from hvac import exceptions as hvac_errors
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator
@@ -40,10 +44,10 @@ from rotator.errors import (
     CredentialRejected,
     RotatorError,
     StoreError,
-    TransientError,
 )
 from rotator.stores.vault_auth import AuthConfig, VaultSession
 from rotators.postgres import PostgresPasswordRotator
+from rotators.vault_dynamic_errors import vault_errors
 
 log = structlog.get_logger("rotator.rotators.vault_dynamic")
 T = TypeVar("T")
@@ -55,6 +59,9 @@ SHORT_LEASE = timedelta(days=1)
 ROTATE_MARGIN = 1 / 3
 #: The name VaultSession gives its owner in texts (it says "store"); replaced by ours.
 _SESSION_LABEL = "vault-dynamic"
+#: What Vault appends to the creds path in a lease id: 24 base62 characters, and in a
+#: namespace other than root a dot and the namespace's id. Nothing else (no `..`, no `/`).
+_LEASE_SUFFIX = re.compile(r"[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)?")
 
 
 class VaultDynamicTarget(BaseModel):
@@ -161,10 +168,26 @@ def _parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def _errors_of(exc: hvac_errors.VaultError) -> str:
-    """Vault's `errors` list as text (never a response body), bounded in length."""
-    errors = exc.errors if isinstance(exc.errors, list) else [exc.errors or "no details"]
-    return "; ".join(" ".join(str(e).split()) for e in errors)[:300]
+def _token_end(lookup: Any, asked: datetime) -> datetime | None:
+    """When the token of a lookup-self answer dies, taking its leases along (None: never).
+
+    A periodic token is renewed by every rotator process for as long as one runs, so only
+    an explicit max TTL ends it; any other token is taken to end at its current TTL (a
+    renewal may extend that, but by how much Vault does not say: early is the safe side).
+    """
+    data = lookup.get("data") if isinstance(lookup, dict) else None
+    data = data if isinstance(data, dict) else {}
+    ttl = data.get("ttl")
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
+        return None  # 0: a token that never expires (root, or no TTL)
+    period, explicit = data.get("period"), data.get("explicit_max_ttl")
+    if isinstance(period, int) and period > 0 and data.get("renewable"):
+        if not isinstance(explicit, int) or explicit <= 0:
+            return None
+        created = data.get("creation_time")
+        if isinstance(created, int) and not isinstance(created, bool):
+            return datetime.fromtimestamp(created + explicit, UTC)
+    return asked + timedelta(seconds=ttl)
 
 
 class VaultDynamicRotator(SecretRotator):
@@ -196,11 +219,14 @@ class VaultDynamicRotator(SecretRotator):
         """A new lease from Vault: a new role exists at the database from this moment on."""
         t = self.target
         asked = datetime.now(UTC)  # before the request: expires_at is never later than Vault's
+        token = self._call(
+            "look up the token (auth/token/lookup-self)", lambda c: c.auth.token.lookup_self()
+        )
         answer = self._call(
             f"read {t.mount}/creds/{t.role}",
             lambda c: c.secrets.database.generate_credentials(name=t.role, mount_point=t.mount),
         )
-        credential = self._credential_of(answer, asked)
+        credential = self._credential_of(answer, asked, _token_end(token, asked))
         lease = timedelta(seconds=credential["lease_duration"])
         if lease < (t.max_ttl or SHORT_LEASE):
             log.warning(
@@ -212,6 +238,11 @@ class VaultDynamicRotator(SecretRotator):
                 note="the next rotation is due before the lease ends (rotate_by), not by schedule",
             )
         return credential
+
+    def expired(self, credential: Credential) -> bool:
+        """The lease has ended: Vault has revoked it (or will at its next sweep)."""
+        expires = _parse_time(credential.get("expires_at"))
+        return expires is not None and expires <= datetime.now(UTC)
 
     def complete(self, credential: Credential) -> Credential:
         """Fill the AWS-style database fields an adopted value may leave out."""
@@ -255,15 +286,27 @@ class VaultDynamicRotator(SecretRotator):
             log.info("vault_dynamic.no_lease", secret=self.context.secret_name)
             return
         prefix = f"{self.target.mount}/creds/{self.target.role}/"
-        if not isinstance(lease_id, str) or not lease_id.startswith(prefix):
+        if not self._is_lease_of_role(lease_id):
+            shown = repr(lease_id)[:120]
             raise StoreError(
-                f"{self._where()}: refusing to revoke lease {lease_id!r}: it is not a lease of "
-                f"{prefix}*; fix the stored value"
+                f"{self._where()}: refusing to revoke lease {shown}: it is not a lease id of "
+                f"{prefix}* (that prefix, then Vault's letters and digits); fix the stored value"
             )
-        # The lease id in the path (not the body) lets a policy allow only this role's leases.
-        path = "/v1/sys/leases/revoke/" + quote(lease_id, safe="/")
+        # The lease id in the path (not the body) lets a policy allow only this role's leases;
+        # each segment is quoted whole, so nothing in it can move the request elsewhere.
+        segments = lease_id.split("/")
+        path = "/v1/sys/leases/revoke/" + "/".join(quote(part, safe="") for part in segments)
         self._call(f"revoke a lease of {prefix}*", lambda c: c.adapter.put(path))
         log.info("vault_dynamic.lease_revoked", secret=self.context.secret_name, role=prefix)
+
+    def _is_lease_of_role(self, lease_id: object) -> bool:
+        """`<mount>/creds/<role>/` and Vault's suffix, nothing more (no dot segments)."""
+        prefix = f"{self.target.mount}/creds/{self.target.role}/"
+        if not isinstance(lease_id, str) or not lease_id.startswith(prefix):
+            return False
+        if any(part in ("", ".", "..") for part in prefix[:-1].split("/")):
+            return False
+        return _LEASE_SUFFIX.fullmatch(lease_id[len(prefix) :]) is not None
 
     def rotate_by(self, credential: Credential) -> datetime | None:
         """A third of the lease before it ends: time for applications to take the next one."""
@@ -277,8 +320,14 @@ class VaultDynamicRotator(SecretRotator):
 
     # -- Vault ----------------------------------------------------------------------
 
-    def _credential_of(self, answer: Any, asked: datetime) -> Credential:
-        """The credential in a creds answer; a lease we cannot use is revoked at once."""
+    def _credential_of(
+        self, answer: Any, asked: datetime, token_end: datetime | None
+    ) -> Credential:
+        """The credential in a creds answer; a lease we cannot use is revoked at once.
+
+        It lives until its lease ends or the token that created it does, whichever is first:
+        `expires_at` and `lease_duration` say that real end, so `rotate_by` follows it.
+        """
         t = self.target
         data = answer.get("data") if isinstance(answer, dict) else None
         lease_id = answer.get("lease_id") if isinstance(answer, dict) else None
@@ -288,12 +337,12 @@ class VaultDynamicRotator(SecretRotator):
         problem = None
         if not (isinstance(username, str) and username and isinstance(password, str) and password):
             problem = "data.username and data.password"
-        elif not (isinstance(lease_id, str) and lease_id):
-            problem = "a lease_id"
+        elif not self._is_lease_of_role(lease_id):
+            problem = f"a lease_id of {t.mount}/creds/{t.role}/"
         elif not isinstance(duration, int) or isinstance(duration, bool) or duration <= 0:
             problem = "a positive lease_duration"
         if problem is not None:
-            if isinstance(lease_id, str) and lease_id:
+            if self._is_lease_of_role(lease_id):
                 with suppress(RotatorError):  # else Vault drops it when its TTL passes
                     self.retire(Credential(lease_id=lease_id))
             raise ConfigError(
@@ -301,7 +350,19 @@ class VaultDynamicRotator(SecretRotator):
                 f"{problem}; is `mount` a database secrets engine and `url` Vault itself?"
             )
         assert isinstance(duration, int)
-        expires = (asked + timedelta(seconds=duration)).replace(microsecond=0)
+        expires = asked + timedelta(seconds=duration)
+        if token_end is not None and token_end < expires:
+            log.warning(
+                "vault_dynamic.token_ends_first",
+                secret=self.context.secret_name,
+                role=t.role,
+                lease_seconds=duration,
+                token_seconds_left=int((token_end - asked).total_seconds()),
+                note="the lease dies with the token; give the token a longer life (docs)",
+            )
+            expires = token_end
+            duration = max(1, int((token_end - asked).total_seconds()))
+        expires = expires.replace(microsecond=0)
         return Credential(
             engine="postgres",
             host=t.host,
@@ -321,7 +382,7 @@ class VaultDynamicRotator(SecretRotator):
         def guarded(client: hvac.Client) -> T:
             nonlocal denied
             denied = False
-            with self._vault_errors(what):
+            with vault_errors(self._where(), what):
                 try:
                     return action(client)
                 except hvac_errors.Forbidden:
@@ -340,52 +401,6 @@ class VaultDynamicRotator(SecretRotator):
             # VaultSession's own texts (login, auth files) name their owner as a store.
             text = str(exc).replace(f"store {_SESSION_LABEL!r}", self._where(), 1)
             raise type(exc)(text) from None
-
-    @contextmanager
-    def _vault_errors(self, what: str) -> Iterator[None]:
-        """hvac and requests errors as ours; texts carry Vault's error list, never a body."""
-        where = self._where()
-        try:
-            yield
-        except (RotatorError, hvac_errors.Forbidden):
-            raise
-        except requests.exceptions.SSLError:
-            raise ConfigError(
-                f"{where}: TLS verification failed ({what}); set `ca_cert` to the CA that "
-                "signed Vault's certificate"
-            ) from None
-        except (
-            requests.exceptions.ConnectionError,
-            requests.exceptions.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-        ) as exc:
-            raise TransientError(
-                f"{where}: Vault unreachable ({what}): {type(exc).__name__}; "
-                "check `url` and that Vault is up"
-            ) from None
-        except hvac_errors.InvalidPath:
-            raise ConfigError(
-                f"{where}: Vault has no such path ({what}); check that `mount` is a database "
-                "secrets engine"
-            ) from None
-        except hvac_errors.InvalidRequest as exc:
-            raise ConfigError(
-                f"{where}: Vault refused {what}: {_errors_of(exc)}; check `mount` and `role`"
-            ) from None
-        except (
-            hvac_errors.RateLimitExceeded,
-            hvac_errors.InternalServerError,
-            hvac_errors.BadGateway,
-            hvac_errors.VaultDown,
-        ) as exc:
-            raise TransientError(
-                f"{where}: Vault unavailable ({what}): {type(exc).__name__}: {_errors_of(exc)}"
-            ) from None
-        except hvac_errors.VaultError as exc:
-            raise ConfigError(
-                f"{where}: Vault refused {what}: {type(exc).__name__}: {_errors_of(exc)}; "
-                "check `url`, `mount` and the Vault version"
-            ) from None
 
     def _where(self) -> str:
         t = self.target

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,12 +19,13 @@ from typing import Any
 
 import pytest
 from hvac import exceptions as hvac_errors
+from psycopg import sql
 from structlog.testing import capture_logs
 
 from rotator.base import registered_rotators
 from rotator.credential import Credential
 from rotator.devservers import free_port
-from rotator.errors import ConfigError, CredentialRejected, StoreError
+from rotator.errors import ConfigError, CredentialRejected, StoreError, TransientError
 from rotator.runtime import Runtime
 from rotator.schedule import load_plan
 from rotator.stores import Stage
@@ -102,7 +104,8 @@ def dynamic_plan(
     """Builds a DynamicPlan: a database mount and role on `pg`, a token with the docs' policy.
 
     default_ttl: the role's lease TTL; every: the schedule; target: extra target keys;
-    policy: the token's policy text (default: the docs').
+    policy: the token's policy text (default: the docs'); token_ttl and renewable: the
+    rotator's token; creation_statements: the role's (default: the service's).
     """
 
     def make(
@@ -110,12 +113,16 @@ def dynamic_plan(
         every: str = "30m",
         target: dict[str, Any] | None = None,
         policy: str | None = None,
+        token_ttl: str = "2h",
+        renewable: bool = True,
+        creation_statements: tuple[str, ...] | None = None,
     ) -> DynamicPlan:
-        database = vault.configure_database(pg, default_ttl=default_ttl, max_ttl="24h")
+        extra = {"creation_statements": creation_statements} if creation_statements else {}
+        database = vault.configure_database(pg, default_ttl=default_ttl, max_ttl="24h", **extra)
         name = f"rotator-dyn-{secrets.token_hex(3)}"
         vault.write_policy(name, policy if policy is not None else docs_policy(database))
         token_file = tmp_path / f"vault-token-{name}"
-        token_file.write_text(vault.create_token("2h", name))
+        token_file.write_text(vault.create_token(token_ttl, name, renewable=renewable))
         block = {
             "url": vault.url,
             "timeout_seconds": 5,
@@ -344,3 +351,140 @@ def test_an_unreachable_vault_fails_the_run_as_transient(dynamic_plan: PlanFacto
     assert result.outcome == "failed"
     assert "Vault unreachable" in (result.error or "")
     assert "vault-dynamic secret 'app-db'" in (result.error or "")
+
+
+@pytest.mark.parametrize(
+    "suffix",
+    [
+        "../../../../auth/token/revoke-self",
+        "x/../../../../../auth/token/revoke-self",
+        "%2e%2e/%2e%2e/%2e%2e/%2e%2e/auth/token/revoke-self",
+        "abc/def",
+        "abc?x=1",
+        "abc..def",
+        "",
+    ],
+)
+def test_retire_refuses_a_lease_id_that_leaves_the_roles_prefix(
+    dynamic_plan: PlanFactory, suffix: str
+) -> None:
+    """A planted id that starts with the role's prefix but walks out of it revokes nothing."""
+    plan = dynamic_plan()
+    runtime = plan.runtime()
+    assert runtime.engine.run(SECRET).outcome == "succeeded"
+    current = plan.stage(runtime, Stage.CURRENT)
+    planted = f"{plan.database.mount}/creds/{plan.database.role}/{suffix}"
+
+    with pytest.raises(StoreError, match="refusing to revoke lease"):
+        plan.rotator(runtime).retire(Credential(lease_id=planted))
+
+    assert current.username and current.password
+    assert plan.pg.logs_in(current.username, current.password)  # the token was not revoked
+    assert runtime.engine.run(SECRET).outcome == "succeeded"  # and it still works
+
+
+def test_a_pending_whose_lease_ended_while_the_worker_was_down_is_replaced(
+    dynamic_plan: PlanFactory,
+) -> None:
+    """A crash after create, then a lease that ends before the next run: a fresh lease."""
+    plan = dynamic_plan(default_ttl="3s")
+    with pytest.raises(Crash):
+        plan.make_runtime(plan.schedules, step_hook=crash_at("created")).engine.run(SECRET)
+    stale = plan.stage(plan.runtime(), Stage.PENDING)
+    assert not plan.rotator(plan.runtime()).expired(stale)
+    time.sleep(4.5)  # the worker is down longer than the lease
+    assert plan.rotator(plan.runtime()).expired(stale)
+
+    outcomes = []
+    for _ in range(2):
+        outcomes.append(plan.runtime().engine.run(SECRET).outcome)
+        if outcomes[-1] == "succeeded":
+            break
+
+    assert outcomes[-1] == "succeeded", outcomes
+    runtime = plan.runtime()
+    current = plan.stage(runtime, Stage.CURRENT)
+    assert current["lease_id"] != stale["lease_id"]
+    assert runtime.stores.get("local").read(SECRET, Stage.PENDING) is None
+    assert current.username and current.password
+    assert plan.pg.logs_in(current.username, current.password)
+
+
+def test_a_lease_lives_no_longer_than_the_token_that_created_it(
+    dynamic_plan: PlanFactory,
+) -> None:
+    """expires_at and rotate_by follow the token's end when it comes before the lease's."""
+    plan = dynamic_plan(default_ttl="1h", token_ttl="8s", renewable=False)
+    runtime = plan.runtime()
+    asked = datetime.now(UTC)
+
+    with capture_logs() as events:
+        assert runtime.engine.run(SECRET).outcome == "succeeded"
+
+    current = plan.stage(runtime, Stage.CURRENT)
+    expires = datetime.fromisoformat(current["expires_at"])
+    assert expires <= asked + timedelta(seconds=8)
+    assert 1 <= current["lease_duration"] <= 8
+    due = plan.rotator(runtime).rotate_by(current)
+    assert due is not None and due < expires
+    (warning,) = [e for e in events if e["event"] == "vault_dynamic.token_ends_first"]
+    assert warning["lease_seconds"] == 3600 and warning["token_seconds_left"] <= 8
+    assert str(current.password) not in repr(events)
+    assert current.username and current.password
+    assert plan.pg.logs_in(current.username, current.password)
+    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 2.5)
+    assert not plan.pg.logs_in(current.username, current.password)  # gone with the token
+    assert plan.rotator(runtime).expired(current)
+
+
+def test_a_token_that_outlives_the_lease_leaves_it_whole(dynamic_plan: PlanFactory) -> None:
+    plan = dynamic_plan(default_ttl="10m", token_ttl="2h")
+    runtime = plan.runtime()
+
+    with capture_logs() as events:
+        assert runtime.engine.run(SECRET).outcome == "succeeded"
+
+    assert plan.stage(runtime, Stage.CURRENT)["lease_duration"] == 600
+    assert not [e for e in events if e["event"] == "vault_dynamic.token_ends_first"]
+
+
+def test_a_revocation_the_database_refuses_is_transient(dynamic_plan: PlanFactory) -> None:
+    """Vault answers 400 "failed to revoke" (sync revocation): retried later, lease kept."""
+    plan = dynamic_plan()
+    runtime = plan.runtime()
+    assert runtime.engine.run(SECRET).outcome == "succeeded"
+    current = plan.stage(runtime, Stage.CURRENT)
+    table = sql.Identifier(f"owned_{secrets.token_hex(4)}")
+    with plan.pg.admin() as conn:  # an object the role owns: DROP ROLE fails
+        conn.execute(sql.SQL("CREATE TABLE {} (x int)").format(table))
+        conn.execute(
+            sql.SQL("ALTER TABLE {} OWNER TO {}").format(table, sql.Identifier(current.username))
+        )
+    rotator = plan.rotator(runtime)
+
+    with pytest.raises(TransientError, match="could not revoke the lease") as caught:
+        rotator.retire(current)
+
+    assert str(current.password) not in str(caught.value)
+    assert plan.lease_exists(current["lease_id"]) and plan.role_exists(str(current.username))
+    with plan.pg.admin() as conn:
+        conn.execute(sql.SQL("DROP TABLE {}").format(table))
+    rotator.retire(current)
+    assert not plan.role_exists(str(current.username))
+
+
+def test_a_creds_error_carries_no_statement_text(dynamic_plan: PlanFactory) -> None:
+    """A creation statement PostgreSQL cannot parse: the error quotes none of it."""
+    broken = (
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD {{password}} VALID UNTIL '{{expiration}}';"
+    )
+    plan = dynamic_plan(creation_statements=(broken,))
+
+    result = plan.runtime().engine.run(SECRET)
+
+    assert result.outcome == "failed"
+    error = result.error or ""
+    assert "Vault unavailable" in error and "syntax error" in error
+    assert "SCRAM-SHA-256" not in error and "VALID UNTIL" not in error
+    assert re.search(r"at or near (?!\[cut\])", error) is None
+    assert re.search(r"\"(?!\[cut\]\")[^\"]*\"", error) is None, error

@@ -4,7 +4,9 @@ As in Vault's expiration manager, a lease ends when its TTL passes (the
 emulator's background sweep revokes it) or when the token that created it is
 revoked; renewal is capped by the lease's max TTL; revoking an unknown or
 already revoked lease succeeds. A revocation that fails (the database is
-down) keeps the lease and is retried on the next sweep.
+down, or refuses to drop the role) keeps the lease and is retried on the next
+sweep; asked for over `sys/leases/revoke`, it is answered 400 "failed to revoke
+entry: ..." as Vault's synchronous revocation does.
 """
 
 from __future__ import annotations
@@ -84,7 +86,15 @@ class LeaseManager:
         if action == "renew" and req.writes:
             return self._renew(lease_id, parse_ttl(req.body.get("increment"), "increment"))
         if action == "revoke" and req.writes:
-            self.revoke(lease_id)
+            try:
+                self.revoke(lease_id)
+            except Exception as exc:  # Vault: handleError turns a plain error into a 400
+                detail = "; ".join(exc.errors) if isinstance(exc, ApiError) else str(exc)
+                raise ApiError(
+                    400,
+                    "failed to revoke entry: resp: (*logical.Response)(nil) err: "
+                    + " ".join(detail.split()),
+                ) from None
             return NO_CONTENT
         if action == "revoke-prefix" and req.writes:
             for found in [i for i in list(self.leases) if i.startswith(suffix)]:
