@@ -59,9 +59,17 @@ class CreateRequest(BaseModel):
     @field_validator("key_pointer", "key_id_pointer")
     @classmethod
     def _pointer(cls, value: str) -> str:
-        if not pointer_tokens(value):
-            raise ValueError("the pointer is empty (expected the path to one value, e.g. /key/id)")
-        return value
+        return _pointer(value)
+
+    @model_validator(mode="after")
+    def _apart(self) -> CreateRequest:
+        if pointer_tokens(self.key_pointer) == pointer_tokens(self.key_id_pointer):
+            raise ValueError(
+                f"key_pointer and key_id_pointer both name {self.key_pointer} (the key id is "
+                "shown in logs and status, so it must never be the key; expected e.g. "
+                "/key/secret and /key/id)"
+            )
+        return self
 
 
 class VerifyRequest(BaseModel):
@@ -73,6 +81,8 @@ class VerifyRequest(BaseModel):
     url: str
     header: str = "Authorization"
     prefix: str = "Bearer "
+    #: Where the reply names the key's id: when set, a key whose stored key_id differs fails.
+    key_id_pointer: str | None = None
 
     _method = field_validator("method", mode="before")(_upper)
 
@@ -80,6 +90,20 @@ class VerifyRequest(BaseModel):
     @classmethod
     def _url(cls, value: str) -> str:
         return check_url(value, KEY_PLACEHOLDERS)
+
+    @field_validator("key_id_pointer")
+    @classmethod
+    def _pointer(cls, value: str | None) -> str | None:
+        return None if value is None else _pointer(value)
+
+    @model_validator(mode="after")
+    def _has_body(self) -> VerifyRequest:
+        if self.key_id_pointer is not None and self.method == "HEAD":
+            raise ValueError(
+                "key_id_pointer is set but the method is HEAD, whose reply has no body "
+                "(use GET or POST, or remove key_id_pointer)"
+            )
+        return self
 
     @field_validator("header")
     @classmethod
@@ -193,4 +217,15 @@ def _header_prefix(value: str) -> str:
             f"{value!r} is not a header prefix (expected up to 64 printable ASCII characters, "
             "e.g. 'Bearer ' or '')"
         )
+    if value[:1].isspace():
+        raise ValueError(
+            f"{value!r} starts with a space, which a header value cannot (expected e.g. "
+            "'Bearer ', or '' for none)"
+        )
+    return value
+
+
+def _pointer(value: str) -> str:
+    if not pointer_tokens(value):
+        raise ValueError("the pointer is empty (expected the path to one value, e.g. /key/id)")
     return value

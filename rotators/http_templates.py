@@ -11,6 +11,7 @@ provider's response must never choose where a key is sent.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import string
 from collections.abc import Iterable, Mapping
@@ -115,8 +116,8 @@ def is_loopback(url: str) -> bool:
 
 
 def check_body(body: Any, allowed: Iterable[str], depth: int = 0) -> Any:
-    """A JSON body template: mappings with text keys, lists, text, numbers, booleans, null;
-    placeholders only in text values."""
+    """A JSON body template: mappings with text keys, lists, text, finite numbers, booleans,
+    null; placeholders only in text values."""
     names = list(allowed)
     if depth > _MAX_DEPTH:
         raise ValueError(f"the body is nested deeper than {_MAX_DEPTH} levels")
@@ -132,6 +133,8 @@ def check_body(body: Any, allowed: Iterable[str], depth: int = 0) -> Any:
             check_body(value, names, depth + 1)
     elif isinstance(body, datetime | date | time):
         raise ValueError(f"body value {body!r} is a date, which JSON has no type for (quote it)")
+    elif isinstance(body, float) and not math.isfinite(body):
+        raise ValueError(f"body value {body!r} is not a JSON number (JSON has no NaN or Infinity)")
     elif body is not None and not isinstance(body, bool | int | float):
         raise ValueError(f"body value {body!r} is not a JSON value")
     return body

@@ -1,7 +1,8 @@
 """Conformance harnesses for `api-key`, on a fresh test provider (tests/services/keyservice.py).
 
 Two shapes of target: a key created and revoked with an admin secret's key, starting with no
-CURRENT at all; and an admin key that rotates itself (no admin secret).
+CURRENT at all; and an admin key that rotates itself (no admin secret). Both check, when
+verifying, that the provider names the stored key id (`verify.key_id_pointer`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class ApiKeyAdminHarness(RotatorHarness):
                 "key_pointer": "/key/secret",
                 "key_id_pointer": "/key/id",
             },
-            "verify": {"url": f"{url}/whoami"},
+            "verify": {"url": f"{url}/whoami", "key_id_pointer": "/id"},
             "revoke": {"url": f"{url}/keys/{{key_id}}"},
         }
 

@@ -4,7 +4,9 @@ engine and the embedded store."""
 from __future__ import annotations
 
 import json
+import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,9 +16,17 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from rotator import tasks
 from rotator.base import RotatorContext
 from rotator.credential import Credential
-from rotator.errors import ConfigError, CredentialRejected, RotatorError, TransientError
+from rotator.devservers import free_port
+from rotator.errors import (
+    ConfigError,
+    CredentialRejected,
+    OutcomeUnknown,
+    RotatorError,
+    TransientError,
+)
 from rotator.history import utcnow
 from rotator.logging import redact
 from rotator.passwords import PasswordPolicy
@@ -25,9 +35,10 @@ from rotator.runtime import Runtime
 from rotator.schedule import load_plan
 from rotator.stores import SecretStore, Stage
 from rotators.api_key import ApiKeyRotator, ApiKeyTarget
+from rotators.http_client import HttpClient
 from tests.conftest import RuntimeFactory, SchedulesWriter
 from tests.integration.conftest import dump_tables, leaked, value_forms
-from tests.services.keyservice import KeyService
+from tests.services.keyservice import KeyService, start_keyservice
 
 pytestmark = pytest.mark.integration
 
@@ -513,3 +524,214 @@ def test_a_reply_without_the_key_names_the_pointer_and_the_request(keyservice: K
     assert "no usable key at /key/token in the reply" in text
     assert re.search(r"request [0-9a-f]{32} may have left an unused key at the provider", text)
     assert not any(key.secret in text for key in keyservice.keys.values())
+
+
+# -- a create whose effect is unknown, and replies that must not be trusted ---------------
+
+
+def created_by_rotator(service: KeyService, secret: str) -> list[str]:
+    """The ids of the keys at the provider that a create for `secret` made."""
+    return [k.id for k in service.keys.values() if k.name.startswith(f"rotator-{secret}-")]
+
+
+def test_a_create_that_timed_out_is_not_retried_by_the_task(key_plan: KeyPlanFactory) -> None:
+    """The provider may have made the key: OutcomeUnknown, so no retry makes a second one."""
+    plan = key_plan(read_timeout=0.3)
+    plan.service.delay_seconds = 1.0  # the key is made, but the answer comes too late
+
+    outcome = tasks._rotate_once(plan.runtime, "a" * 32, APP, "manual", None)
+
+    assert outcome["outcome"] == "failed"
+    error = outcome["error"]
+    assert error.startswith("OutcomeUnknown: POST http://127.0.0.1:")
+    assert re.search(r"request [0-9a-f]{32} may have left an unused key at the provider", error)
+    plan.service.delay_seconds = 0.0
+    time.sleep(1.0)  # the slow handler finishes making the key
+    assert len(created_by_rotator(plan.service, APP)) == 1
+    assert plan.store.read(APP, Stage.PENDING) is None
+
+
+@pytest.mark.parametrize("how", ["503", "hang-up"])
+def test_a_create_that_may_have_made_a_key_is_outcome_unknown(
+    key_plan: KeyPlanFactory, how: str
+) -> None:
+    plan = key_plan()
+    if how == "503":
+        plan.service.fail_next("create", 1)
+    else:
+        plan.service.drop_next("create", 1)  # the key is made, then the connection closes
+
+    with pytest.raises(OutcomeUnknown) as raised:
+        plan.rotator().generate(None)
+
+    assert re.search(r"request [0-9a-f]{32} may have left an unused key", str(raised.value))
+    assert raised.value.__context__ is None and raised.value.__cause__ is None
+    assert len(created_by_rotator(plan.service, APP)) == (0 if how == "503" else 1)
+    result = plan.runtime.engine.run(APP)  # the next run makes one new key, and only one
+    assert result.ok, result.error
+
+
+def test_a_create_that_cannot_connect_made_no_key_and_is_transient(keyservice: KeyService) -> None:
+    admin = keyservice.issue("admin", admin=True)
+    closed = f"http://127.0.0.1:{free_port()}/keys"
+    create = {**key_target(keyservice)["create"], "url": closed}
+    rotator = bare_rotator(keyservice, Credential(api_key=admin.secret), create=create)
+
+    with pytest.raises(TransientError) as raised:
+        rotator.generate(None)
+
+    assert re.search(
+        r"could not connect .*create request [0-9a-f]{32} made no key", str(raised.value)
+    )
+
+
+def test_verify_key_id_pointer_refuses_a_key_stored_with_another_keys_id(
+    key_plan: KeyPlanFactory, keyservice: KeyService
+) -> None:
+    """Retiring by a wrong key_id would delete another key: the reply's id is checked."""
+    plan = key_plan(verify={"url": f"{keyservice.url}/whoami", "key_id_pointer": "/id"})
+    service, engine = plan.service, plan.runtime.engine
+    mine, other_team = service.issue("app-key-old"), service.issue("other-team-prod-key")
+    engine.adopt(APP, Credential(api_key=mine.secret, key_id=other_team.id))
+    adopted = plan.credential(APP, Stage.CURRENT)
+
+    with pytest.raises(CredentialRejected, match=r"/whoami: the provider names another id than"):
+        plan.rotator().test(adopted)
+    plan.rotator().test(Credential(api_key=mine.secret, key_id=mine.id))
+    assert engine.run(APP).ok
+    with pytest.raises(ConfigError, match="its stored key_id is wrong"):
+        plan.rotator().retire(plan.credential(APP, Stage.PREVIOUS))
+    assert other_team.id in service.keys and not service.seen("DELETE")
+
+    service.keys[mine.id].works = False  # a key that no longer works is revoked by its id
+    plan.rotator().retire(Credential(api_key=mine.secret, key_id=mine.id))
+    assert mine.id not in service.keys and other_team.id in service.keys
+
+
+def test_adopting_a_value_without_the_key_id_that_revoke_needs_is_refused(
+    key_plan: KeyPlanFactory,
+) -> None:
+    plan = key_plan()
+    with pytest.raises(ConfigError, match="needs a `key_id` field"):
+        plan.runtime.engine.adopt(APP, Credential(api_key="sk_abcdefgh"))
+    with pytest.raises(ConfigError, match="must not hold its `api_key`"):
+        plan.runtime.engine.adopt(APP, Credential(api_key="sk_abcdefgh", key_id="id-sk_abcdefgh"))
+    assert plan.store.read(APP, Stage.CURRENT) is None
+
+
+@pytest.mark.parametrize("whose", [APP, ADMIN])
+def test_a_create_that_answers_with_a_current_key_is_refused(
+    key_plan: KeyPlanFactory, whose: str
+) -> None:
+    """A provider that hands back a key it issued before rotates nothing; retiring PREVIOUS
+    would then revoke the key in use."""
+    plan = key_plan()
+    assert plan.runtime.engine.run(APP).ok
+    held = plan.credential(whose, Stage.CURRENT)
+    plan.service.create_reply = lambda key: {
+        "key": {"id": held["key_id"], "secret": held["api_key"]}
+    }
+
+    result = plan.runtime.engine.run(APP)
+
+    assert result.outcome == "failed"
+    assert result.error and result.error.startswith("ConfigError: POST http://127.0.0.1:")
+    assert re.search(r"create \(request [0-9a-f]{32}\) answered with the CURRENT key", result.error)
+    assert f"of secret {whose!r}" in result.error
+    assert plan.store.read(APP, Stage.PENDING) is None
+    assert plan.service.works(held["api_key"])
+
+
+def test_a_key_id_that_holds_the_key_is_refused(keyservice: KeyService) -> None:
+    admin = keyservice.issue("admin", admin=True)
+    rotator = bare_rotator(keyservice, Credential(api_key=admin.secret))
+    keyservice.create_reply = lambda key: {"key": {"id": f"id:{key.secret}", "secret": key.secret}}
+
+    with pytest.raises(ConfigError) as raised:
+        rotator.generate(None)
+
+    assert "the key id at /key/id holds the key itself" in str(raised.value)
+    assert re.search(r"request [0-9a-f]{32} may have left", str(raised.value))
+    assert not any(key.secret in str(raised.value) for key in keyservice.keys.values())
+
+
+def test_a_reply_nested_too_deeply_is_a_config_error_naming_the_request(
+    keyservice: KeyService,
+) -> None:
+    admin = keyservice.issue("admin", admin=True)
+    rotator = bare_rotator(keyservice, Credential(api_key=admin.secret))
+    keyservice.create_reply = lambda key: b"[" * 200_000
+
+    with pytest.raises(ConfigError) as raised:
+        rotator.generate(None)
+
+    assert "nested too deeply to read" in str(raised.value)
+    assert re.search(r"request [0-9a-f]{32} may have left", str(raised.value))
+
+
+def test_plain_http_never_goes_through_a_proxy_from_the_environment(
+    keyservice: KeyService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = start_keyservice()  # records whatever reaches it
+    try:
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, proxy.url)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        admin = keyservice.issue("admin", admin=True)
+        credential = Credential(api_key=admin.secret, key_id=admin.id)
+
+        bare_rotator(keyservice, credential).test(credential)
+
+        assert proxy.requests == []
+        assert [r.path for r in keyservice.requests] == ["/whoami"]
+    finally:
+        proxy.stop()
+
+
+def test_errors_from_the_transport_keep_no_exception_that_quotes_a_header(
+    keyservice: KeyService,
+) -> None:
+    client = HttpClient(5, 5, True)
+    secret = "sk_" + "s" * 24
+
+    with pytest.raises(ConfigError) as raised:
+        client.send("GET", f"{keyservice.url}/whoami", {"Authorization": f" Bearer {secret}"})
+
+    assert "a header value cannot be sent" in str(raised.value)
+    assert raised.value.__context__ is None and raised.value.__cause__ is None
+    with pytest.raises(ConfigError, match="the body cannot be sent as JSON") as raised:
+        client.send("POST", f"{keyservice.url}/keys", {}, {"n": math.nan})
+    assert raised.value.__context__ is None
+    assert keyservice.requests == []
+
+
+@pytest.mark.parametrize(
+    ("where", "block", "words"),
+    [
+        ("create", {"key_id_pointer": "/key/secret"}, "key_pointer and key_id_pointer both"),
+        ("create", {"body": {"n": ".nan"}}, "JSON has no NaN or Infinity"),
+        ("create", {"body": {"n": "-.inf"}}, "JSON has no NaN or Infinity"),
+        ("verify", {"prefix": " Bearer "}, "starts with a space"),
+        ("verify", {"prefix": "  "}, "starts with a space"),
+        ("verify", {"method": "HEAD", "key_id_pointer": "/id"}, "whose reply has no body"),
+        ("top", {"admin_prefix": " "}, "starts with a space"),
+    ],
+)
+def test_more_target_mistakes_are_refused_at_load(
+    write_schedules: SchedulesWriter,
+    keyservice: KeyService,
+    where: str,
+    block: dict[str, Any],
+    words: str,
+) -> None:
+    target = key_target(keyservice)
+    if where == "top":
+        target.update(block)
+    else:
+        target[where] = {**target[where], **block}
+    text = schedules_text({"x": target}).replace('".nan"', ".nan").replace('"-.inf"', "-.inf")
+
+    problems = load_problems(write_schedules, text)
+
+    assert len(problems) == 1 and words in problems[0], problems

@@ -10,9 +10,11 @@ A `ThreadingHTTPServer` on a free loopback port:
 `GET /moved` redirects to `/whoami` (a client must not follow it). Given a certificate and
 key (`self_signed_cert` makes them), it speaks https. A wrong admin key is 401, a key
 without admin rights 403. Tests can make the next calls of a route answer 503
-(`fail_next`), hold replies (`delay_seconds`), issue keys that never work
-(`broken_new_keys`) and have error bodies echo the key they were sent (`echo_keys`), as
-careless providers do. Every request is recorded (method, path, JSON body, auth header).
+(`fail_next`), do their work and then hang up without answering (`drop_next`), hold
+replies (`delay_seconds`), issue keys that never work (`broken_new_keys`), shape the create
+reply (`create_reply`: JSON, or raw bytes) and have error bodies echo the key they were
+sent (`echo_keys`), as careless providers do. Every request is recorded (method, path, JSON
+body, auth header).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -68,6 +71,10 @@ class KeyService:
     requests: list[Seen] = field(default_factory=list)
     #: route ("create", "whoami", "revoke") -> how many of its next calls answer 503.
     failures: dict[str, int] = field(default_factory=dict)
+    #: route -> how many of its next calls do their work, then close without a reply.
+    drops: dict[str, int] = field(default_factory=dict)
+    #: the create reply for a key just made (JSON-able, or bytes sent as they are).
+    create_reply: Callable[[Key], Any] | None = None
     delay_seconds: float = 0.0
     broken_new_keys: bool = False
     echo_keys: bool = False
@@ -120,6 +127,10 @@ class KeyService:
         with self._lock:
             self.failures[route] = count
 
+    def drop_next(self, route: str, count: int) -> None:
+        with self._lock:
+            self.drops[route] = count
+
     def works(self, secret: str) -> bool:
         """Whether the service accepts `secret` right now."""
         return self._key_of(f"Bearer {secret}") is not None
@@ -140,11 +151,11 @@ class KeyService:
                     return key
         return None
 
-    def _take_failure(self, route: str) -> bool:
+    def _take(self, counts: dict[str, int], route: str | None) -> bool:
         with self._lock:
-            left = self.failures.get(route, 0)
+            left = counts.get(route or "", 0)
             if left > 0:
-                self.failures[route] = left - 1
+                counts[route or ""] = left - 1
             return left > 0
 
 
@@ -183,6 +194,9 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(service.delay_seconds)
         status, body = self._route(service, seen)
         seen.status = status
+        if service._take(service.drops, self._route_name(seen)):
+            self.close_connection = True  # the work is done, but no reply comes back
+            return
         self._reply(status, body)
 
     def _route(self, service: KeyService, seen: Seen) -> tuple[int, Any]:
@@ -191,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
             return 302, None
         if route is None:
             return 404, {"error": "no such route"}
-        if service._take_failure(route):
+        if service._take(service.failures, route):
             return 503, self._error("try again later", seen)
         caller = service._key_of(seen.authorization)
         if caller is None:
@@ -203,6 +217,8 @@ class _Handler(BaseHTTPRequestHandler):
         if route == "create":
             body = seen.body if isinstance(seen.body, dict) else {}
             key = service.issue(str(body.get("name", "")), bool(body.get("admin", False)))
+            if service.create_reply is not None:
+                return 201, service.create_reply(key)
             return 201, {"key": {"id": key.id, "secret": key.secret}, "name": key.name}
         key_id = seen.path.removeprefix("/keys/")
         with service._lock:
@@ -227,7 +243,10 @@ class _Handler(BaseHTTPRequestHandler):
         return {"error": message}
 
     def _reply(self, status: int, body: Any) -> None:
-        data = b"" if body is None else json.dumps(body).encode()
+        if isinstance(body, bytes):
+            data = body
+        else:
+            data = b"" if body is None else json.dumps(body).encode()
         self.send_response(status)
         if status == 302:
             self.send_header("Location", "/whoami")
