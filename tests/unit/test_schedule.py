@@ -51,7 +51,19 @@ def target_of(plan: Plan, name: str) -> PostgresTarget:
 
 def test_the_root_example_loads_with_no_variables_set() -> None:
     plan = load_plan(ROOT / "schedules.yaml", environ={})
-    assert set(plan.secrets) == {"pg-admin", "billing-db"}
+    assert set(plan.secrets) == {
+        "pg-admin",
+        "billing-db",
+        "reports-db",
+        "payments-api-admin",
+        "payments-api-key",
+        "analytics-db",
+    }
+    assert {spec.rotator for spec in plan.secrets.values()} == {
+        "postgres-password",
+        "api-key",
+        "vault-dynamic",
+    }
     assert set(plan.stores) == {"local"}
     admin, billing = plan.secret("pg-admin"), plan.secret("billing-db")
     assert admin.every == timedelta(days=30) and admin.cron is None
