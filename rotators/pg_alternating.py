@@ -12,6 +12,10 @@ rotation later, when its turn comes again.
   one statement, so it inherits the main role's privileges and a crash cannot leave it half
   made) and makes sure an existing clone is a member of the main role before its password is
   set last: a PENDING that logs in proves every earlier step happened, so a replay is a no-op.
+* An existing clone is taken over only if it looks like one, checked before any change: no
+  power the main role lacks (SUPERUSER, CREATEROLE, CREATEDB, BYPASSRLS, REPLICATION), no
+  membership but the main role's, and it inherits the main role's privileges (USAGE, not just
+  MEMBER: a NOINHERIT clone, or one granted WITH INHERIT FALSE, would log in and see nothing).
 * Before the admin changes the other role, CURRENT must log in: the admin's power is never
   used on the strength of a stored value nobody has proven (the confused-deputy guard).
 * `retire` keeps the default (nothing): the PREVIOUS role's password is replaced by its next
@@ -31,7 +35,7 @@ import psycopg
 from psycopg import sql
 
 from rotator.credential import Credential
-from rotator.errors import CredentialRejected, TransientError
+from rotator.errors import ConfigError, CredentialRejected, TransientError
 from rotator.passwords import generate_password
 from rotators.postgres import PostgresPasswordRotator
 
@@ -39,7 +43,24 @@ _ROLES_PRESENT = (
     "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = %(main)s),"
     " EXISTS (SELECT FROM pg_roles WHERE rolname = %(clone)s)"
 )
-_IS_MEMBER = "SELECT pg_has_role(%(clone)s, %(main)s, 'MEMBER')"
+#: What an existing clone holds beyond the main role: powers, other memberships, and
+#: whether it is a member that inherits (USAGE) or would inherit once granted (rolinherit).
+_CLONE_SHAPE = """
+SELECT array_remove(ARRAY[
+         CASE WHEN c.rolsuper AND NOT m.rolsuper THEN 'SUPERUSER' END,
+         CASE WHEN c.rolcreaterole AND NOT m.rolcreaterole THEN 'CREATEROLE' END,
+         CASE WHEN c.rolcreatedb AND NOT m.rolcreatedb THEN 'CREATEDB' END,
+         CASE WHEN c.rolbypassrls AND NOT m.rolbypassrls THEN 'BYPASSRLS' END,
+         CASE WHEN c.rolreplication AND NOT m.rolreplication THEN 'REPLICATION' END
+       ], NULL),
+       ARRAY(SELECT DISTINCT r.rolname::text FROM pg_auth_members a
+             JOIN pg_roles r ON r.oid = a.roleid
+             WHERE a.member = c.oid AND a.roleid <> m.oid ORDER BY 1),
+       pg_has_role(c.oid, m.oid, 'MEMBER'),
+       pg_has_role(c.oid, m.oid, 'USAGE'),
+       c.rolinherit
+FROM pg_roles c, pg_roles m WHERE c.rolname = %(clone)s AND m.rolname = %(main)s
+"""
 
 
 class AlternatingPostgresRotator(PostgresPasswordRotator):
@@ -105,9 +126,39 @@ class AlternatingPostgresRotator(PostgresPasswordRotator):
                     raise TransientError(f"role {clone!r} appeared while being created") from None
             return True
         with self._statement_errors(clone):
-            member = conn.execute(_IS_MEMBER, names).fetchone()
-            if not (member and member[0]):
+            shape = conn.execute(_CLONE_SHAPE, names).fetchone()
+        if shape is None:
+            raise TransientError(f"role {clone!r} or {main!r} vanished while being checked")
+        if not self._check_clone(*shape):  # not a member yet
+            with self._statement_errors(clone):
                 conn.execute(
                     sql.SQL("GRANT {} TO {}").format(sql.Identifier(main), sql.Identifier(clone))
                 )
         return False
+
+    def _check_clone(
+        self, powers: list[str], others: list[str], member: bool, usage: bool, inherits: bool
+    ) -> bool:
+        """ConfigError unless an existing role looks like a clone; True if it is a member."""
+        main, clone = self.target.role_names
+        where = f"role {clone!r} at {self._where()}"
+        unchanged = "nothing was changed"
+        if powers:
+            raise ConfigError(
+                f"{where} has {', '.join(powers)}, which main role {main!r} lacks: it is not a "
+                f"clone of {main!r} (another team's role?); set another `clone_username`, or "
+                f"ALTER ROLE {clone} NO{' NO'.join(powers)}; {unchanged}"
+            )
+        if others:
+            raise ConfigError(
+                f"{where} is a member of {', '.join(map(repr, others))} besides {main!r}: it "
+                f"would pass those on to the application; set another `clone_username`, or "
+                f"REVOKE {', '.join(others)} FROM {clone}; {unchanged}"
+            )
+        if (member and not usage) or (not member and not inherits):
+            raise ConfigError(
+                f"{where} would not get the privileges of {main!r} (it is NOINHERIT, or holds "
+                f"{main!r} WITH INHERIT FALSE); ALTER ROLE {clone} INHERIT, and on PostgreSQL "
+                f"16+ GRANT {main} TO {clone} WITH INHERIT TRUE; {unchanged}"
+            )
+        return member

@@ -458,8 +458,10 @@ def test_a_clone_username_without_alternating_and_an_admin_that_is_the_clone_are
         "              strategy: alternating\n"
         "              clone_username: rotator_admin\n",
     )
-    assert len(problems) == 1 and "secrets.app-db.target.admin_secret:" in problems[0]
-    assert "the clone this secret alternates with" in problems[0]
+    # Also a self-lockout (the clone is the admin's login): each problem is listed.
+    (admin,) = [p for p in problems if "secrets.app-db.target.admin_secret:" in p]
+    assert "the clone this secret alternates with" in admin
+    assert any("target.username:" in p and "same login as secret 'pg-admin'" in p for p in problems)
 
 
 def test_both_roles_are_the_secrets_managed_logins() -> None:
@@ -475,3 +477,92 @@ def test_both_roles_are_the_secrets_managed_logins() -> None:
     assert PostgresPasswordRotator.managed_identities(single) == (
         ("postgres", "db.internal", "5432", "app"),
     )
+
+
+def refused_before_any_change(
+    pg: PgServer, plan: PgPlan, clone: str, *, other_pw: str, fragments: tuple[str, ...]
+) -> None:
+    """The run fails with a ConfigError naming both roles, and neither role was touched."""
+    main, adopted = plan.roles["db-0"], current(plan)
+    main_before, clone_before = pg.verifier(main), pg.verifier(clone)
+    members_before = memberships(pg, clone, main)
+
+    result = plan.runtime.engine.run("db-0")
+
+    assert result.outcome == "failed" and result.error is not None
+    assert result.error.startswith("ConfigError:"), result.error
+    assert repr(clone) in result.error and repr(main) in result.error
+    assert "nothing was changed" in result.error
+    for fragment in fragments:
+        assert fragment in result.error, result.error
+    assert pg.verifier(main) == main_before and pg.verifier(clone) == clone_before
+    assert pg.logs_in(clone, other_pw) and logs_in(pg, adopted)
+    assert memberships(pg, clone, main) == members_before
+    assert current(plan) == adopted
+
+
+def test_a_noinherit_clone_that_is_a_member_is_refused_before_any_change(
+    pg: PgServer, pg_plan: PgPlanFactory
+) -> None:
+    """MEMBER without USAGE: the clone would log in but see none of the main role's tables."""
+    plan = alternating_plan(pg_plan)
+    main, clone = plan.roles["db-0"], clone_of(plan)
+    other_pw = secrets.token_urlsafe(16)
+    pg.create_role(clone, other_pw, "NOINHERIT")
+    pg.grant_admin(clone, plan.roles["pg-admin"])
+    superuser(pg, sql.SQL("GRANT {} TO {}").format(sql.Identifier(main), sql.Identifier(clone)))
+
+    refused_before_any_change(pg, plan, clone, other_pw=other_pw, fragments=("INHERIT",))
+
+    superuser(pg, sql.SQL("ALTER ROLE {} INHERIT").format(sql.Identifier(clone)))
+    result = plan.runtime.engine.run("db-0")  # fixed as the error says: the rotation resumes
+    assert result.outcome == "succeeded", result.error
+    assert current(plan).username == clone and logs_in(pg, current(plan))
+
+
+def test_a_noinherit_clone_that_is_not_a_member_is_not_granted_the_main_role(
+    pg: PgServer, pg_plan: PgPlanFactory
+) -> None:
+    plan = alternating_plan(pg_plan)
+    clone = clone_of(plan)
+    other_pw = secrets.token_urlsafe(16)
+    pg.create_role(clone, other_pw, "NOINHERIT")
+    pg.grant_admin(clone, plan.roles["pg-admin"])
+
+    refused_before_any_change(pg, plan, clone, other_pw=other_pw, fragments=("NOINHERIT",))
+
+
+def test_an_existing_role_with_powers_the_main_role_lacks_is_not_taken_over(
+    pg: PgServer, pg_plan: PgPlanFactory
+) -> None:
+    """Another team's role that carries the clone's name keeps its password and its powers."""
+    plan = alternating_plan(pg_plan)
+    clone = clone_of(plan)
+    other_pw = secrets.token_urlsafe(16)
+    pg.create_role(clone, other_pw, "CREATEDB", "BYPASSRLS")
+    pg.grant_admin(clone, plan.roles["pg-admin"])
+
+    refused_before_any_change(
+        pg, plan, clone, other_pw=other_pw, fragments=("CREATEDB, BYPASSRLS", "clone_username")
+    )
+    with pg.admin() as conn:
+        row = conn.execute(
+            "SELECT rolcreatedb, rolbypassrls FROM pg_roles WHERE rolname = %s", (clone,)
+        ).fetchone()
+    assert row == (True, True)
+
+
+def test_an_existing_role_with_other_memberships_is_not_taken_over(
+    pg: PgServer, pg_plan: PgPlanFactory
+) -> None:
+    plan = alternating_plan(pg_plan)
+    main, clone = plan.roles["db-0"], clone_of(plan)
+    extra = unique_role("extra")
+    superuser(pg, sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(extra)))
+    other_pw = secrets.token_urlsafe(16)
+    pg.create_role(clone, other_pw)
+    pg.grant_admin(clone, plan.roles["pg-admin"])
+    for role in (main, extra):
+        superuser(pg, sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(clone)))
+
+    refused_before_any_change(pg, plan, clone, other_pw=other_pw, fragments=(repr(extra),))
