@@ -7,11 +7,12 @@ group `rotator.harnesses` (kind -> harness class). A test module then subclasses
 
     class TestConformance(RotatorConformance):
         harnesses = (MyHarness,)  # optional: harnesses not registered by entry point
-        kinds = ("my-kind",)  # optional: only these kinds (default: every registered kind)
+        kinds = ("my-kind",)  # optional: only these kinds (default: those with a harness)
 
 pytest runs each contract case once per harness, through the real engine on a SQLite
 history and the embedded store. A kind under test without a harness fails
-`test_every_kind_has_a_harness`, naming it. This module imports no pytest (a dev
+`test_every_kind_has_a_harness`, naming it; `every_kind = True` puts every registered
+kind under test. This module imports no pytest (a dev
 dependency): pytest calls the class's `pytest_generate_tests`, and the cases ask for
 pytest's own `request` and `tmp_path` fixtures by name.
 """
@@ -20,28 +21,29 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, NoReturn, Protocol
+from typing import TYPE_CHECKING, ClassVar, NoReturn
 
-from rotator.base import RotatorRegistry, registered_rotators
+from rotator.base import RotatorRegistry, SecretRotator, registered_rotators
 from rotator.credential import PUBLIC_FIELDS, Credential
-from rotator.errors import ConfigError, CredentialRejected, RotatorError
+from rotator.errors import CredentialRejected, RotatorError
 from rotator.stores import Stage
-from rotator.testing_rig import (
-    SUBJECT,
-    InjectedCrash,
-    Rig,
-    captured_logs,
-    crash_after,
-    error_texts,
-    estimated_bits,
-    leaked,
+from rotator.testing_checks import captured_logs, error_texts, estimated_bits, leaked
+from rotator.testing_harness import (
+    HARNESS_GROUP,
+    FixtureSource,
+    HarnessEnv,
+    OtherSecret,
+    RotatorHarness,
+    coverage,
+    harness_id,
+    installed_harnesses,
+    missing_harness_message,
 )
+from rotator.testing_rig import SUBJECT, InjectedCrash, Rig, crash_after
 
 if TYPE_CHECKING:
     import pytest
@@ -55,147 +57,13 @@ __all__ = [
     "installed_harnesses",
 ]
 
-HARNESS_GROUP = "rotator.harnesses"
 #: Where the engine's step hook fires; the crash case dies after each in turn.
 CRASH_POINTS = ("created", "applied", "tested", "promoted")
+#: How many credentials the strength case generates; all must differ.
+SAMPLES = 8
 #: A generated credential must hold one value at least this long and this strong (estimated).
 MIN_SECRET_CHARS = 16
 MIN_SECRET_BITS = 80.0
-
-
-class FixtureSource(Protocol):
-    """What a harness may ask pytest for (a `pytest.FixtureRequest` is one)."""
-
-    def getfixturevalue(self, argname: str) -> Any: ...
-
-
-@dataclass(frozen=True)
-class HarnessEnv:
-    """What the suite hands `RotatorHarness.setup`: a scratch directory and pytest's fixtures."""
-
-    tmp_path: Path
-    request: FixtureSource
-
-    def fixture(self, name: str) -> Any:
-        """A pytest fixture by name, e.g. a session-wide server (`env.fixture("pg")`)."""
-        return self.request.getfixturevalue(name)
-
-
-class OtherSecret(NamedTuple):
-    """Another secret the target needs declared (e.g. an admin), adopted with `initial`."""
-
-    kind: str
-    target: dict[str, Any]
-    initial: Credential
-    every: str = "30d"
-
-
-class RotatorHarness:
-    """What the suite needs to know about one rotator kind; a new instance per test case.
-
-    `setup` runs first and prepares a fresh target; the other methods may rely on it.
-    """
-
-    kind: ClassVar[str]
-    #: Tells harnesses of one kind apart in test ids ("admin" -> postgres-password-admin).
-    label: ClassVar[str] = ""
-    #: The subject's `every:`; a kind whose credentials expire may need a shorter one.
-    every: ClassVar[str] = "30d"
-
-    def setup(self, env: HarnessEnv) -> None:
-        """Prepare a target for one case (create a role, a user, a file)."""
-
-    def teardown(self) -> None:
-        """Release what `setup` made; runs even when the case failed."""
-
-    def target(self) -> dict[str, Any]:
-        """The subject's `target:` block, as it would be written in schedules.yaml."""
-        raise NotImplementedError
-
-    def other_secrets(self) -> Mapping[str, OtherSecret]:
-        """Other secrets to declare and adopt, by name (e.g. the admin the target names)."""
-        return {}
-
-    def initial(self) -> Credential | None:
-        """The credential the target accepts now, adopted as CURRENT; None to start empty."""
-        return None
-
-    def accepts(self, credential: Credential) -> bool:
-        """Out of band (not through the rotator): does the target accept `credential`?"""
-        raise NotImplementedError
-
-    def wrong_credential(self, valid: Credential) -> Credential:
-        """A credential like `valid` (same identity) that the target must refuse."""
-        raise NotImplementedError
-
-
-def harness_id(cls: type[RotatorHarness]) -> str:
-    return f"{cls.kind}-{cls.label}" if cls.label else cls.kind
-
-
-def installed_harnesses() -> dict[str, type[RotatorHarness]]:
-    """Every harness registered under the `rotator.harnesses` entry-point group, by kind."""
-    found: dict[str, type[RotatorHarness]] = {}
-    for entry in entry_points(group=HARNESS_GROUP):
-        cls = entry.load()
-        if not (isinstance(cls, type) and issubclass(cls, RotatorHarness)):
-            raise ConfigError(
-                f"entry point {entry.name!r} in group {HARNESS_GROUP!r} ({entry.value}) is not "
-                "a rotator.testing.RotatorHarness subclass"
-            )
-        if getattr(cls, "kind", None) != entry.name:
-            raise ConfigError(
-                f"entry point {entry.name!r} in group {HARNESS_GROUP!r} ({entry.value}) is a "
-                f"harness for kind {getattr(cls, 'kind', None)!r}; name the entry after its kind"
-            )
-        found[entry.name] = cls
-    return found
-
-
-@dataclass(frozen=True)
-class Coverage:
-    """The harnesses that run, the kinds under test that have none, and other problems."""
-
-    harnesses: list[type[RotatorHarness]]
-    missing: list[str]
-    problems: list[str]
-
-
-def coverage(
-    direct: Sequence[type[RotatorHarness]],
-    kinds: Collection[str] | None,
-    rotators: RotatorRegistry,
-) -> Coverage:
-    """Harnesses given directly, then installed ones, for each kind under test."""
-    wanted = sorted(rotators if kinds is None else kinds)
-    problems = [
-        f"kind {kind!r} is not a registered rotator (registered: "
-        f"{', '.join(sorted(rotators)) or 'none'})"
-        for kind in wanted
-        if kind not in rotators
-    ]
-    problems += [
-        f"harness {cls.__qualname__} is for kind {cls.kind!r}, which is not a registered rotator"
-        for cls in direct
-        if cls.kind not in rotators
-    ]
-    chosen: list[type[RotatorHarness]] = []
-    for cls in [*direct, *installed_harnesses().values()]:
-        if cls.kind in wanted and cls.kind in rotators and cls not in chosen:
-            chosen.append(cls)
-    covered = {cls.kind for cls in chosen}
-    missing = [kind for kind in wanted if kind in rotators and kind not in covered]
-    return Coverage(chosen, missing, problems)
-
-
-def missing_harness_message(missing: Sequence[str]) -> str:
-    return (
-        f"no conformance harness for rotator kind(s): {', '.join(missing)}. Every registered "
-        "kind must pass the conformance suite: write a rotator.testing.RotatorHarness subclass "
-        f'for it and register it under the entry-point group "{HARNESS_GROUP}" '
-        '(e.g. my-kind = "my_package.harness:MyHarness"), or list it in `harnesses` of the '
-        "RotatorConformance subclass (see docs/plugins.md)"
-    )
 
 
 def _fail(message: str) -> NoReturn:
@@ -209,8 +77,11 @@ class RotatorConformance:
 
     #: Harnesses to run besides those registered under `rotator.harnesses`.
     harnesses: ClassVar[Sequence[type[RotatorHarness]]] = ()
-    #: Only these kinds (default: every kind under test).
+    #: Only these kinds (default: every registered kind that has a harness).
     kinds: ClassVar[Collection[str] | None] = None
+    #: With `kinds` unset: every registered kind is under test, and one without a harness
+    #: fails `test_every_kind_has_a_harness` (rotator's own suite sets it).
+    every_kind: ClassVar[bool] = False
     #: Rotator classes to test instead of the installed ones (`rotator.rotators`), e.g. a
     #: plugin before it is packaged: {"my-kind": MyRotator}.
     rotators: ClassVar[RotatorRegistry | None] = None
@@ -221,7 +92,8 @@ class RotatorConformance:
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         """pytest's hook, called per case: one case per harness (and per crash point)."""
         if "harness_class" in metafunc.fixturenames:
-            chosen = coverage(self.harnesses, self.kinds, self.registry()).harnesses
+            found = coverage(self.harnesses, self.kinds, self.registry(), self.every_kind)
+            chosen = found.harnesses
             metafunc.parametrize("harness_class", chosen, ids=[harness_id(c) for c in chosen])
         if "crash_point" in metafunc.fixturenames:
             metafunc.parametrize("crash_point", CRASH_POINTS)
@@ -243,8 +115,8 @@ class RotatorConformance:
             harness.teardown()
 
     def test_every_kind_has_a_harness(self) -> None:
-        """A registered kind nobody can test is a failure, never a skip."""
-        found = coverage(self.harnesses, self.kinds, self.registry())
+        """A kind under test that nobody can test is a failure, never a skip."""
+        found = coverage(self.harnesses, self.kinds, self.registry(), self.every_kind)
         problems = list(found.problems)
         if found.missing:
             problems.append(missing_harness_message(found.missing))
@@ -256,38 +128,32 @@ class RotatorConformance:
     ) -> None:
         with self.rig(harness_class, request, tmp_path) as rig:
             current = rig.current()
-            rotator = rig.rotator()
-            first, second = rotator.generate(current), rotator.generate(current)
-            rig.remember(first, second)
-            assert first != second, "two generate() calls returned the same credential"
-            for credential in (first, second):
-                empty = [
-                    k for k, v in credential.items() if k not in PUBLIC_FIELDS and v in (None, "")
-                ]
-                assert not empty, f"generate() left confidential fields empty: {empty}"
-                for name, allowed in rotator.expected_identity().items():
-                    assert credential.get(name) in allowed, f"generate() changed {name!r}"
-            strongest = max(first.secret_values(), key=estimated_bits, default="")
-            assert len(strongest) >= MIN_SECRET_CHARS, "no confidential value of 16+ characters"
-            bits = estimated_bits(strongest)
-            assert bits >= MIN_SECRET_BITS, f"the secret value is weak (~{bits:.0f} bits)"
-            assert strongest not in set(second.secret_values()), "generate() repeated a value"
-            for credential in (first, second):  # a generated value may hold a lease: give it back
-                with suppress(RotatorError):
-                    rig.rotator().retire(credential)
+            one = rig.rotator()
+            made: list[Credential] = []
+            try:
+                for n in range(SAMPLES):  # from one instance and from fresh ones
+                    made.append((one if n % 2 else rig.rotator()).generate(current))
+                    rig.remember(made[-1])
+                _check_strength(made, one)
+            finally:  # a generated value may hold a lease: give it back
+                for credential in made:
+                    with suppress(RotatorError):
+                        rig.rotator().retire(credential)
 
     def test_apply_is_idempotent(
         self, harness_class: type[RotatorHarness], request: FixtureSource, tmp_path: Path
     ) -> None:
         with self.rig(harness_class, request, tmp_path) as rig:
             current = rig.current()
+            before = rig.harness.live_credentials()
             rotator = rig.rotator()
-            pending = rotator.generate(current)
-            rig.remember(pending)
-            rotator.apply(pending, current, None)
-            rotator.apply(pending, current, None)
-            rig.rotator().apply(pending, current, None)  # a replay by another process
-            assert rig.harness.accepts(pending), "the target refuses PENDING after apply()"
+            pending = rig.generate(current)
+            for call, applier in enumerate((rotator, rotator, rig.rotator()), 1):
+                applier.apply(pending, current, None)  # the third: a replay by another process
+                assert rig.harness.accepts(pending), (
+                    f"the target refuses PENDING after apply() #{call}"
+                )
+            _check_no_extra_grant(rig, before, "apply() of one PENDING, three times,")
             rig.rotator().test(pending)
             expires = rig.rotator().rotate_by(pending)
             if expires is not None:
@@ -322,6 +188,8 @@ class RotatorConformance:
             retiring.retire(first)
             retiring.retire(first)
             rig.rotator().retire(first)  # a replay by another process
+            if type(retiring).retire is not SecretRotator.retire and rig.harness.retire_revokes:
+                assert not rig.harness.accepts(first), "the target still accepts after retire()"
             dropped = rig.generate(second)  # a PENDING a rollback dropped, never applied
             rig.rotator().retire(dropped)
             rig.rotator().retire(dropped)
@@ -332,21 +200,36 @@ class RotatorConformance:
         self, harness_class: type[RotatorHarness], request: FixtureSource, tmp_path: Path
     ) -> None:
         with self.rig(harness_class, request, tmp_path) as rig, captured_logs() as lines:
+            start = rig.current()
             engine = rig.runtime().engine
-            result = engine.run(SUBJECT)
-            assert result.outcome == "succeeded", f"rotation {result.outcome}: {result.error}"
+            results = [engine.run(SUBJECT)]
+            assert results[0].outcome == "succeeded", f"rotation: {results[0].error}"
             new = rig.current()
             assert new is not None
             wrong = rig.harness.wrong_credential(new)
             rig.remember(new, wrong)
-            try:
-                rig.rotator().test(wrong)
-            except CredentialRejected as exc:
-                rejected = exc
-            else:
+            errors = _raised(lambda: rig.rotator().test(wrong))
+            if not any(isinstance(exc, CredentialRejected) for exc in errors):
                 _fail("test() accepted a wrong credential (expected CredentialRejected)")
-            steps = [step.detail for step in engine.history.steps(result.run_id)]
-        texts = [*lines, *error_texts(rejected), repr(result), json.dumps(result.as_dict()), *steps]
+            if start is not None:
+                rig.rotator().retire(start)  # PREVIOUS, once its grace period has passed
+            refused = rig.generate(new)
+            refusable = rig.harness.refuse(refused)
+            if refusable:  # the target refuses PENDING: apply and test meet it
+                errors += _raised(lambda: rig.rotator().apply(refused, new, start))
+                errors += _raised(lambda: rig.rotator().test(refused))
+            rig.rotator().retire(refused)  # a dropped PENDING (it may hold a lease)
+            if refusable:  # a run whose PENDING is refused after apply rolls back
+                refusing = rig.runtime(step_hook=rig.refuse_pending_after("applied")).engine
+                results.append(refusing.run(SUBJECT))
+                assert results[-1].outcome == "rolled_back", f"expected a rollback: {results[-1]}"
+                assert rig.harness.accepts(new), "after a rollback the target refuses CURRENT"
+            steps = [s.detail for r in results for s in engine.history.steps(r.run_id)]
+        texts = [*lines, *steps]
+        for result in results:
+            texts += [repr(result), json.dumps(result.as_dict())]
+        for exc in errors:
+            texts += error_texts(exc)
         assert lines, "no log line was captured"
         found = leaked(texts, rig.values)
         assert not found, f"secret values in logs or error texts: {', '.join(found)}"
@@ -360,6 +243,7 @@ class RotatorConformance:
     ) -> None:
         with self.rig(harness_class, request, tmp_path) as rig:
             start = rig.current()
+            before = rig.harness.live_credentials()
             crashed_id = uuid.uuid4().hex
             crashing = rig.runtime(step_hook=crash_after(crash_point)).engine
             try:
@@ -385,6 +269,50 @@ class RotatorConformance:
             assert rig.store.read(SUBJECT, Stage.PENDING) is None
             assert rig.harness.accepts(current.credential), "the target refuses the new CURRENT"
             rig.rotator().test(current.credential)
+            _check_no_extra_grant(rig, before, "a rotation resumed after a crash")
             runs = [run for run in engine.history.runs(SUBJECT) if run.trigger != "adopt"]
             succeeded = [run.id for run in runs if run.status == "succeeded"]
             assert succeeded == [crashed_id], f"runs recorded as succeeded: {succeeded}"
+
+
+def _raised(call: Callable[[], object]) -> list[RotatorError]:
+    """The rotator error `call` raised, if any (for its texts)."""
+    try:
+        call()
+    except RotatorError as exc:
+        return [exc]
+    return []
+
+
+def _check_no_extra_grant(rig: Rig, before: int | None, what: str) -> None:
+    after = rig.harness.live_credentials()
+    if before is not None and after is not None:
+        assert after <= before + 1, (
+            f"{what} left {after - before} new credentials working on the target (at most 1)"
+        )
+
+
+def _check_strength(made: Sequence[Credential], rotator: SecretRotator) -> None:
+    """Distinct, complete credentials of the right identity, one field long and random."""
+    samples: dict[str, list[str]] = {}
+    for credential in made:
+        empty = [k for k, v in credential.items() if k not in PUBLIC_FIELDS and v in (None, "")]
+        assert not empty, f"generate() left confidential fields empty: {empty}"
+        for name, allowed in rotator.expected_identity().items():
+            assert credential.get(name) in allowed, f"generate() changed {name!r}"
+        for name, value in credential.items():
+            if name not in PUBLIC_FIELDS and isinstance(value, str):
+                samples.setdefault(name, []).append(value)
+    full = {name: values for name, values in samples.items() if len(values) == len(made)}
+    assert full, "generate() gives no confidential text field"
+    strongest = max(full, key=lambda name: estimated_bits(full[name]))
+    values = full[strongest]
+    distinct = len(set(values))
+    assert distinct == len(values), (
+        f"{len(values)} generate() calls gave {distinct} distinct {strongest!r} values"
+    )
+    assert min(map(len, values)) >= MIN_SECRET_CHARS, (
+        f"no confidential value of {MIN_SECRET_CHARS}+ characters"
+    )
+    bits = estimated_bits(values)
+    assert bits >= MIN_SECRET_BITS, f"the secret value {strongest!r} is weak (~{bits:.0f} bits)"

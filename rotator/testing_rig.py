@@ -1,4 +1,4 @@
-"""The conformance kit's machinery: a harness behind real runtimes, and leak detectors.
+"""The conformance kit's machinery: a harness behind real runtimes, and step hooks.
 
 A `Rig` writes a schedules.yaml for one harness (its subject and the other secrets it
 declares), builds runtimes on a SQLite history and the embedded store, and adopts the
@@ -8,30 +8,23 @@ starting credentials, so a contract case drives the real engine as a deployment 
 from __future__ import annotations
 
 import json
-import logging
-import math
-import traceback
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
-from structlog.testing import capture_logs
 
 from rotator.base import RotatorRegistry, SecretRotator
 from rotator.config import Settings
 from rotator.credential import Credential
-from rotator.logging import redact
 from rotator.runtime import Runtime, build_runtime
 from rotator.schedule import load_plan
 from rotator.stores import SecretStore, Stage
 
 if TYPE_CHECKING:
     from rotator.engine import StepHook
-    from rotator.testing import RotatorHarness
+    from rotator.testing_harness import RotatorHarness
 
 #: The name of the secret under test in the generated schedules.yaml.
 SUBJECT = "conformance-subject"
@@ -45,10 +38,12 @@ class Rig:
     directory: Path
     rotators: RotatorRegistry
     schedules: Path = field(init=False)
-    key: SecretStr = field(default_factory=lambda: SecretStr(Fernet.generate_key().decode()))
-    built: list[Runtime] = field(default_factory=list)
-    #: Every secret value the case has seen (what the leak checks look for).
-    values: set[str] = field(default_factory=set)
+    key: SecretStr = field(
+        default_factory=lambda: SecretStr(Fernet.generate_key().decode()), repr=False
+    )
+    built: list[Runtime] = field(default_factory=list, repr=False)
+    #: Every secret value the case has seen (what the leak checks look for); never shown.
+    values: set[str] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         others = self.harness.other_secrets()
@@ -130,70 +125,20 @@ class Rig:
         rotator.apply(credential, None, None)
         return credential
 
+    def refuse_pending_after(self, point: str) -> StepHook:
+        """A step hook that makes the target refuse PENDING (`harness.refuse`) after `point`."""
+
+        def hook(reached: str) -> None:
+            version = self.store.read(SUBJECT, Stage.PENDING) if reached == point else None
+            if version is not None:
+                self.remember(version.credential)
+                self.harness.refuse(version.credential)
+
+        return hook
+
     def close(self) -> None:
         for runtime in self.built:
             runtime.close()
-
-
-def leaked(texts: Iterable[str | None], values: Iterable[str]) -> list[str]:
-    """Descriptions (never the values) of `values` found in `texts`, as is or escaped."""
-    blob = "\n".join(text for text in texts if text)
-    found = []
-    for value in sorted(values):
-        forms = {value, repr(value)[1:-1], json.dumps(value)[1:-1], value.replace("'", "''")}
-        if any(form in blob for form in forms):
-            found.append(f"a {len(value)}-character value starting {value[:2]!r}")
-    return found
-
-
-def error_texts(exc: BaseException) -> list[str]:
-    """Everything a log line with `exc_info` would show of an exception, its chain included."""
-    return [str(exc), repr(exc), *traceback.format_exception(exc)]
-
-
-class _ListHandler(logging.Handler):
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines = lines
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-
-@contextmanager
-def captured_logs() -> Iterator[list[str]]:
-    """Every log line written meanwhile: structlog events as deployed (through `redact`), and
-    records of every stdlib logger at DEBUG, exceptions included. Complete when the block ends.
-    """
-    lines: list[str] = []
-    root = logging.getLogger()
-    handler = _ListHandler(lines)
-    saved_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        with capture_logs(processors=[redact]) as events:
-            yield lines
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(saved_level)
-    lines.extend(repr(event) for event in events)
-
-
-def estimated_bits(value: str) -> float:
-    """A rough upper bound of a value's entropy: its length times log2 of the alphabet its
-    character classes span (lower 26, upper 26, digits 10, others 32). Counting distinct
-    characters instead would call a good 20-character password weak now and then."""
-    classes = (
-        (str.islower, 26),
-        (str.isupper, 26),
-        (str.isdigit, 10),
-        (lambda char: not char.isalnum(), 32),
-    )
-    alphabet = sum(size for member, size in classes if any(member(char) for char in value))
-    if len(set(value)) < 2:
-        return 0.0
-    return len(value) * math.log2(max(alphabet, 2))
 
 
 class InjectedCrash(Exception):

@@ -54,3 +54,21 @@ class TokenHarness(RotatorHarness):
 
     def wrong_credential(self, valid: Credential) -> Credential:
         return valid.replace(token=secrets.token_urlsafe(32))
+
+    def refuse(self, credential: Credential) -> bool:
+        """Take the token's key id for another token, whether or not it was issued yet."""
+        with closing(sqlite3.connect(self.path)) as conn, conn:
+            conn.execute(
+                "INSERT INTO tokens (key_id, username, digest) VALUES (?, ?, ?)"
+                " ON CONFLICT (key_id) DO UPDATE SET digest = excluded.digest",
+                (credential["key_id"], USERNAME, digest(secrets.token_urlsafe(32))),
+            )
+        return True
+
+    def live_credentials(self) -> int | None:
+        """The user's tokens: an extra row is a grant nobody can find or revoke."""
+        with closing(sqlite3.connect(self.path)) as conn:
+            (count,) = conn.execute(
+                "SELECT count(*) FROM tokens WHERE username = ?", (USERNAME,)
+            ).fetchone()
+        return int(count)

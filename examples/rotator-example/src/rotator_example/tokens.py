@@ -28,13 +28,17 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS tokens ("
     " key_id TEXT PRIMARY KEY, username TEXT NOT NULL, digest TEXT NOT NULL)"
 )
-#: sqlite3 errors that pass by themselves (another writer, a file briefly away).
+#: sqlite3 errors that pass by themselves (another writer, a file briefly unreadable).
 _TRANSIENT = ("database is locked", "unable to open", "disk i/o error")
 
 
 def digest(token: str) -> str:
     """What the service keeps of a token. A plain hash suffices: tokens are 256 random bits."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _reason(exc: sqlite3.Error) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def create_database(path: Path) -> None:
@@ -86,17 +90,18 @@ class TokenRotator(SecretRotator):
     def apply(
         self, pending: Credential, current: Credential | None, previous: Credential | None
     ) -> None:
-        """Add the token; a replay finds it there already and does nothing."""
+        """Add the token in one statement that a replay (or a concurrent one) turns into a
+        no-op, then check that the row under its key id is this token's."""
         with self._session() as conn:
+            conn.execute(
+                "INSERT INTO tokens (key_id, username, digest) VALUES (?, ?, ?)"
+                " ON CONFLICT (key_id) DO NOTHING",
+                (pending["key_id"], pending.username, digest(pending["token"])),
+            )
             row = conn.execute(
                 "SELECT username, digest FROM tokens WHERE key_id = ?", (pending["key_id"],)
             ).fetchone()
-            if row is None:
-                conn.execute(
-                    "INSERT INTO tokens (key_id, username, digest) VALUES (?, ?, ?)",
-                    (pending["key_id"], pending.username, digest(pending["token"])),
-                )
-            elif not self._matches(row, pending):
+            if row is None or not self._matches(row, pending):
                 raise CredentialRejected(
                     f"{self._where()} holds key {pending['key_id']!r} for another token or user"
                 )
@@ -130,13 +135,24 @@ class TokenRotator(SecretRotator):
     @contextmanager
     def _session(self) -> Iterator[sqlite3.Connection]:
         """One transaction on the existing file (never creates one); errors mapped to ours."""
-        uri = self.target.database.resolve().as_uri() + "?mode=rw"
+        path = self.target.database.resolve()
+        if not path.is_file():
+            raise ConfigError(
+                f"{self._where()} does not exist; fix `database` in the target block, or "
+                "create it with rotator_example.tokens.create_database"
+            )
         try:
-            conn = sqlite3.connect(uri, uri=True, timeout=self.target.busy_timeout_seconds)
+            conn = sqlite3.connect(
+                path.as_uri() + "?mode=rw", uri=True, timeout=self.target.busy_timeout_seconds
+            )
             with closing(conn), conn:
                 yield conn
+        except sqlite3.IntegrityError as exc:  # names a constraint, never a value
+            raise CredentialRejected(
+                f"{self._where()} refused the token change ({_reason(exc)})"
+            ) from None
         except sqlite3.Error as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = _reason(exc)
             if any(marker in reason.lower() for marker in _TRANSIENT):
                 raise TransientError(f"{self._where()} unavailable: {reason}") from None
             raise ConfigError(
