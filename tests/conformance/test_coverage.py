@@ -4,10 +4,12 @@ test, which lack a harness, and what counts as a leaked or a weak value."""
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import ClassVar
 from urllib.parse import quote
 
 import pytest
+from rotator_example.harness import TokenHarness
 from rotator_example.tokens import TokenRotator
 
 from rotator.base import RotatorRegistry
@@ -91,3 +93,15 @@ def test_a_leak_is_found_whole_in_part_or_encoded_and_never_shown() -> None:
         found = leaked(["log line", text], {value})
         assert len(found) == 1, text
         assert value[2:] not in found[0] and value[:12] not in found[0]
+
+
+def test_a_rig_repr_shows_no_value(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A failing case may print its rig: the values it remembers stay out of its repr."""
+
+    class Tokens(RotatorConformance):
+        kinds = ("example-token",)
+
+    with Tokens().rig(TokenHarness, request, tmp_path) as rig:
+        rig.generate(rig.current())
+        assert len(rig.values) == 2
+        assert leaked([repr(rig)], rig.values) == []
