@@ -55,6 +55,17 @@ class ApiKeyAdminHarness(RotatorHarness):
     def wrong_credential(self, valid: Credential) -> Credential:
         return valid.replace(api_key=f"{valid['api_key']}-wrong")
 
+    def refuse(self, credential: Credential) -> bool:
+        """Disable the key in the provider, as an operator would."""
+        key = self.service.keys.get(str(credential.get("key_id")))
+        if key is None:
+            return False
+        key.works = False
+        return True
+
+    def live_credentials(self) -> int | None:
+        return sum(1 for key in self.service.keys.values() if key.works)
+
 
 class ApiKeySelfHarness(ApiKeyAdminHarness):
     """An admin key that authorises its own rotation with its CURRENT value."""
