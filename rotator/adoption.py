@@ -16,7 +16,6 @@ import structlog
 from rotator.base import SecretRotator
 from rotator.credential import Credential
 from rotator.errors import ConfigError, CredentialRejected, RotationInProgress
-from rotator.history import utcnow
 from rotator.logging import secret_values
 from rotator.results import RunResult
 from rotator.retirement import retire_later, retire_outgoing
@@ -26,6 +25,8 @@ if TYPE_CHECKING:
     from rotator.engine import Engine
 
 log = structlog.get_logger("rotator.adoption")
+#: The `slot` an adoption that asks to be rotated at once is recorded with (rotator.slots).
+ROTATE_NOW_SLOT = "rotate-now"
 
 
 def adopt(
@@ -79,7 +80,8 @@ def adopt(
             )
         elif resumable is not None:
             engine.history.finish_run(resumable, "failed", error="PENDING replaced by an adoption")
-        engine.history.start_run(run_id, name, "adopt", None)
+        # The slot column of an adoption says whether it asked to be rotated at once.
+        engine.history.start_run(run_id, name, "adopt", ROTATE_NOW_SLOT if rotate else None)
         detail = None if pending is None else f"replaced PENDING version {pending.version_id}"
         stages = store.read_stages(spec.path)
         staying = [credential] + [v.credential for v in (stages[Stage.CURRENT],) if v]
@@ -88,7 +90,7 @@ def adopt(
         version = store.put_current(spec.path, credential, run_id, replace_pending=replace_pending)
         engine.history.record_step(run_id, "adopt", "ok", detail=detail)
         retire = retire_later(spec, rotator, stages[Stage.CURRENT], credential)
-        rotate_by = utcnow() if rotate else rotator.rotate_by(credential)
+        rotate_by = rotator.rotate_by(credential)
         engine.history.finish_run(
             run_id, "adopted", version.version_id, rotate_by=rotate_by, retire=retire
         )

@@ -29,6 +29,7 @@ from celery.schedules import crontab, schedule
 from celery.signals import beat_init
 from sqlalchemy import func, select, tuple_
 
+from rotator.adoption import ROTATE_NOW_SLOT
 from rotator.config import Settings, load_settings
 from rotator.errors import ConfigError, RotatorError
 from rotator.history import Database, Lease, Run, SlotClaim
@@ -449,9 +450,9 @@ def load_states(
             .subquery()
         )
         latest = {
-            secret: (finished_at, status, rotate_by)
-            for secret, finished_at, status, rotate_by in session.execute(
-                select(Run.secret, Run.finished_at, Run.status, Run.rotate_by)
+            secret: (finished_at, status, rotate_by, slot)
+            for secret, finished_at, status, rotate_by, slot in session.execute(
+                select(Run.secret, Run.finished_at, Run.status, Run.rotate_by, Run.slot)
                 .join(newest, (Run.secret == newest.c.secret) & (Run.finished_at == newest.c.at))
                 .where(succeeded)
             ).all()
@@ -481,7 +482,7 @@ def load_states(
         name: SecretState(
             last_success=successes.get(name),
             rotate_by=latest[name][2] if name in latest else None,
-            adopted=name in latest and _rotate_requested(*latest[name]),
+            adopted=name in latest and _rotate_requested(latest[name][1], latest[name][3]),
             last_failure=failures.get(name),
             abandoned=None if name in busy else abandoned.get(name),
             first_seen=first_seen.get(name),
@@ -491,14 +492,9 @@ def load_states(
     return states, busy
 
 
-def _rotate_requested(
-    finished_at: datetime | None, status: str, rotate_by: datetime | None
-) -> bool:
-    """An adoption asking to be rotated at once records `rotate_by` no later than its own end
-    (a credential's expiry, recorded by a `--no-rotate` adoption, lies ahead of it)."""
-    if status != "adopted" or finished_at is None or rotate_by is None:
-        return False
-    return rotate_by <= finished_at
+def _rotate_requested(status: str, slot: str | None) -> bool:
+    """The last success is an adoption that asked to be rotated at once (rotate_on_adopt)."""
+    return status == "adopted" and slot == ROTATE_NOW_SLOT
 
 
 def claimed_slots(

@@ -76,6 +76,16 @@ class _Run:
     lookups: dict[str, Credential] = field(default_factory=dict)
 
 
+class _PendingExpired(CredentialRejected):
+    """Internal: the run's PENDING expired and was dropped; the run ends rolled back."""
+
+
+def _shares_value(credential: Credential, others: list[Credential]) -> bool:
+    """A confidential value of `credential` is one of `others'` (never retire those)."""
+    mine = set(credential.secret_values())
+    return any(mine & set(other.secret_values()) for other in others)
+
+
 def _first_line(text: str) -> str:
     lines = text.strip().splitlines()
     return lines[0] if lines else ""
@@ -111,15 +121,21 @@ class Engine:
     # -- wiring -----------------------------------------------------------------
 
     def rotator_for(
-        self, spec: SecretSpec, looked_up: dict[str, Credential] | None = None
+        self,
+        spec: SecretSpec,
+        looked_up: dict[str, Credential] | None = None,
+        scrub_scope: ExitStack | None = None,
     ) -> SecretRotator:
         """A rotator for one run; the admin secrets it looks up are kept in `looked_up` (the
-        run clears it when a step fails, so a retry reads them again)."""
+        run clears it when a step fails, so a retry reads them again), and their values are
+        scrubbed from logs and errors for as long as `scrub_scope` lives."""
         looked_up = {} if looked_up is None else looked_up
 
         def lookup(name: str) -> Credential:
             if name not in looked_up:
                 looked_up[name] = self.read_current(name)
+                if scrub_scope is not None:
+                    scrub_scope.enter_context(secret_values(looked_up[name].secret_values()))
             return looked_up[name]
 
         context = RotatorContext(spec.name, spec.password, lookup)
@@ -157,13 +173,15 @@ class Engine:
             run_id = resumed_id or trigger_id
             self.history.start_run(run_id, name, trigger, slot)
             lookups: dict[str, Credential] = {}
+            scrub_scope = ExitStack()
             run = _Run(
                 spec=spec,
                 run_id=run_id,
                 store=store,
-                rotator=self.rotator_for(spec, lookups),
+                rotator=self.rotator_for(spec, lookups, scrub_scope),
                 lease=lease,
                 log=log.bind(secret=name, run_id=run_id, trigger=trigger),
+                secrets=scrub_scope,
                 lookups=lookups,
             )
             if resumed_id:
@@ -264,6 +282,8 @@ class Engine:
                 return self.finish(run, pending, current, previous)
             except LockLost as exc:
                 return self._lost_result(run, exc)
+            except _PendingExpired as exc:
+                return self._record_outcome(run, "rolled_back", None, scrub(str(exc)))
             except RotatorError as exc:
                 return self._record_failure(run, exc)
             except Exception as exc:
@@ -310,7 +330,7 @@ class Engine:
         else:
             self._guard_identity(run, pending.credential, current)
             if run.rotator.expired(pending.credential):
-                self._drop_expired(run, pending)
+                self._drop_expired(run, pending, current)
             if not self.history.record_step(
                 run.run_id, "create", "ok", 0, "reused PENDING", fence=run.lease
             ):
@@ -335,13 +355,13 @@ class Engine:
                     current.credential if current else None,
                     previous.credential if previous else None,
                 )
-            except CredentialRejected:
+            except CredentialRejected as exc:
                 admin = run.spec.admin_secret
-                if admin is not None and self._being_rotated(admin):
-                    # Its CURRENT may have changed under us: retried, the lookup reads it anew.
+                if admin is not None and self._admin_moved(admin, run.lookups.get(admin)):
+                    # Retried, the lookup reads the admin's new CURRENT.
                     raise TransientError(
-                        f"the admin secret {admin!r} is being rotated right now; "
-                        "trying again with its new CURRENT"
+                        f"{exc} (the admin secret {admin!r} is being rotated or was just "
+                        "rotated; trying again with its new CURRENT)"
                     ) from None
                 raise
 
@@ -400,22 +420,28 @@ class Engine:
             ),
         )
         self._step(run, "rollback", lambda: run.rotator.test(restore), confirm=False)
-        # Whatever PENDING was granted (an API key, a lease) is no longer needed.
-        self._step(run, "rollback", lambda: run.rotator.retire(pending.credential))
+        # Whatever PENDING was granted (an API key, a lease) is no longer needed, unless it is
+        # a value still in use (a store that shows one version as both PENDING and CURRENT).
+        in_use = [c.credential for c in (current, previous) if c is not None]
+        if not _shares_value(pending.credential, in_use):
+            self._step(run, "rollback", lambda: run.rotator.retire(pending.credential))
         self._step(
             run, "rollback", lambda: run.store.discard_pending(run.spec.path, pending.version_id)
         )
-        error = scrub(str(reason))
-        if not self.history.finish_run(
-            run.run_id, "rolled_back", pending.version_id, error, fence=run.lease
-        ):
+        return self._record_outcome(run, "rolled_back", pending.version_id, scrub(str(reason)))
+
+    def _record_outcome(
+        self, run: _Run, outcome: str, version_id: str | None, error: str
+    ) -> RunResult:
+        """Record a final outcome other than success (fenced by the run's lease)."""
+        if not self.history.finish_run(run.run_id, outcome, version_id, error, fence=run.lease):
             return self._lost_result(run, self._lost(run))
-        run.log.warning("rotation.rolled_back", version_id=pending.version_id)
+        run.log.warning(f"rotation.{outcome}", version_id=version_id, error=error)
         return RunResult(
             run.run_id,
             run.spec.name,
-            "rolled_back",
-            pending.version_id,
+            outcome,
+            version_id,
             error,
             timings_ms=run.timings_ms,
         )
@@ -465,28 +491,35 @@ class Engine:
             raise self._lost(run)
         return result
 
-    def _drop_expired(self, run: _Run, pending: SecretVersion) -> None:
+    def _drop_expired(
+        self, run: _Run, pending: SecretVersion, current: SecretVersion | None
+    ) -> None:
         """A PENDING that expired before its run could finish (the worker was down longer than
-        a lease) can never work: it is retired and dropped, and the run fails, so the next run
-        (under a new id: this one's token is spent) makes a fresh one."""
-        with suppress(RotatorError):  # best effort: an expired lease is gone by itself
-            run.rotator.retire(pending.credential)
+        a lease) can never work: it is retired, then dropped, and the run ends `rolled_back`
+        (final: a redelivery does not generate under its spent token); the next run makes a
+        fresh one. If retiring fails, PENDING stays: the target may still accept it."""
+        in_use = [current.credential] if current else []
+        if not _shares_value(pending.credential, in_use):
+            self._step(run, "create", lambda: run.rotator.retire(pending.credential))
         self._step(
             run, "create", lambda: run.store.discard_pending(run.spec.path, pending.version_id)
         )
-        raise CredentialRejected(
+        raise _PendingExpired(
             f"PENDING version {pending.version_id} expired before its run could finish; it was "
-            "dropped, and the next run makes a new one"
+            "retired and dropped, and the next run makes a new one"
         )
 
-    def _being_rotated(self, name: str) -> bool:
-        """A run holds secret `name`, or it has a PENDING version not yet promoted."""
+    def _admin_moved(self, name: str, used: Credential | None) -> bool:
+        """The admin secret's CURRENT is no longer the value this run used, or a live run of
+        it is rotating it now (its new password may be set, not yet promoted). A PENDING left
+        by a dead run is not enough: a genuine refusal must not look transient forever."""
         spec = self.plan.secrets.get(name)
         if spec is None:
             return False
-        if self.leases.holder(name) is not None:
+        current = self.store_for(spec).read(spec.path, Stage.CURRENT)
+        if used is not None and current is not None and current.credential != used:
             return True
-        return self.store_for(spec).read(spec.path, Stage.PENDING) is not None
+        return self.leases.holder(name) is not None
 
     @staticmethod
     def _lost(run: _Run) -> LockLost:

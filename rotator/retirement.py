@@ -48,6 +48,9 @@ log = structlog.get_logger("rotator.retirement")
 RETRY_AFTER = timedelta(minutes=1)
 RETRY_AFTER_MAX = timedelta(hours=1)
 MAX_ATTEMPTS = 50
+#: Runs that wait for a retirement that must happen before promote (the value is about to
+#: leave the store), before the rotation goes on and the retirement is given up.
+EARLY_ATTEMPTS = 5
 
 
 def retires(rotator: type[SecretRotator] | SecretRotator) -> bool:
@@ -211,7 +214,10 @@ def retire_outgoing(
     if row is None:
         return None
     retire = _Retire(engine, spec, rotator, lease, table, in_use, early=True)
-    with _scrubbed(rotator, spec, [previous]):
+    with (
+        _scrubbed(rotator, spec, [previous]),
+        secret_values([value for credential in in_use for value in credential.secret_values()]),
+    ):
         return retire(row, previous)
 
 
@@ -300,12 +306,15 @@ class _Retire:
         if not retry_later or attempts >= MAX_ATTEMPTS:
             return self._close(row, "failed", f"{error}; revoke it by hand", bound)
         if self.early:
-            if not isinstance(exc, TransientError):
+            # The rotation waits (fails and is retried) for a few tries, then goes on: a target
+            # that never lets the old value go must not stop rotations for good.
+            if not isinstance(exc, TransientError) or attempts >= EARLY_ATTEMPTS:
                 return self._close(row, "failed", f"{error}; revoke it by hand", bound)
+            self.table.postpone(row.id, attempts, error, row.due_at)
             self.engine.history.record_step(row.run_id, "retire", "retry", None, error)
             raise TransientError(
                 f"the previous version {row.version_id} must be retired before it leaves the "
-                f"store, and that failed: {error}"
+                f"store, and that failed (attempt {attempts} of {EARLY_ATTEMPTS}): {error}"
             )
         next_at = utcnow() + retry_delay(attempts)
         self.table.postpone(row.id, attempts, error, next_at)

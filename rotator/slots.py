@@ -28,6 +28,8 @@ Reason = Literal[
 RETRY_DELAY = timedelta(hours=1)
 #: The soonest an `expiring` slot comes after the success that made the credential.
 EXPIRING_FLOOR = timedelta(minutes=1)
+#: After a failure, a credential that expires is tried again this soon (not RETRY_DELAY).
+EXPIRING_RETRY = timedelta(minutes=5)
 #: Namespace of the task ids beat gives rotations; changing it would break deduplication.
 TASK_ID_NAMESPACE = uuid.UUID("6f1c35f4-8b0e-4c53-9d55-3f1f6c0b7a21")
 
@@ -98,16 +100,27 @@ def next_slot(spec: SecretSpec, state: SecretState, now: datetime) -> Slot:
     failure = state.last_failure
     if failure is not None and (state.last_success is None or failure > state.last_success):
         due = _retry_time(spec, failure)
+        if state.rotate_by is not None:  # the credential expires: do not wait the full delay
+            due = min(due, max(state.rotate_by, failure + EXPIRING_RETRY))
         return Slot(spec.name, f"retry:{stamp(failure)}", due, due, "retry")
     if spec.every is not None:
         slot = _every_slot(spec, spec.every, state.last_success, now)
     else:
         slot = _cron_slot(spec, state.last_success, state.first_seen or now, now)
-    early = state.rotate_by
+    if state.adopted and state.last_success is not None:
+        early: datetime | None = state.last_success
+    else:
+        early = state.rotate_by
     if early is None or state.last_success is None or slot.due_at <= early:
         return slot
-    if state.adopted:  # `rotate_on_adopt`: at once, spread by the window like any due slot
-        return _windowed(spec, f"adopted:{stamp(early)}", early, "adopted", slot.due_at - early)
+    if state.adopted:  # `rotate_on_adopt`: at once, spread by the window like any due slot,
+        adopted = _windowed(  # but never past the adopted credential's own expiry
+            spec, f"adopted:{stamp(early)}", early, "adopted", slot.due_at - early
+        )
+        if state.rotate_by is not None and adopted.start_at > state.rotate_by:
+            start = max(state.rotate_by, early)
+            return Slot(spec.name, adopted.slot, early, start, "adopted")
+        return adopted
     # The credential expires by itself: rotate before it does, with no window delay; but
     # never sooner than EXPIRING_FLOOR after the success (a credential that was made with
     # less life left than that would otherwise be rotated again and again at once).

@@ -8,6 +8,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from psycopg import sql
 from sqlalchemy import text
 
 from rotator.credential import Credential
@@ -246,21 +247,40 @@ def test_scrubbed_text_of_a_multi_line_value_keeps_no_part_of_it(
 # -- (5) an admin rotating under a dependent's run ----------------------------------------------
 
 
-def test_a_dependent_refused_while_its_admin_rotates_is_transient_then_succeeds(
+def test_a_dependent_whose_admin_rotated_meanwhile_retries_with_the_new_admin_password(
     pg_plan: PgPlanFactory,
 ) -> None:
-    """The admin's password changed at the server but its CURRENT is not promoted yet: the
-    dependent's apply is refused with the old one. That is a retry (the task tries again with
-    the admin's new CURRENT), not a failure to roll back or give up on."""
+    """The admin's rotation finished between the dependent's lookup and its ALTER ROLE: the
+    refusal of the old admin password is retried with the admin's new CURRENT."""
     plan = pg_plan()
-    crashing = plan.new_runtime(step_hook=crash_at("applied"))
+    admin_runtime = plan.new_runtime()
+    done: dict[str, object] = {}
+
+    def admin_rotates_meanwhile(point: str) -> None:
+        if point == "created" and not done:
+            done["admin"] = admin_runtime.engine.run("pg-admin")
+
+    result = plan.new_runtime(step_hook=admin_rotates_meanwhile).engine.run("db-0")
+    assert getattr(done["admin"], "outcome", None) == "succeeded"
+    assert result.outcome == "succeeded", result.error
+    steps = [(s.step, s.status) for s in plan.runtime.history.steps(result.run_id)]
+    assert ("apply", "retry") in steps
+
+
+def test_a_stale_admin_pending_does_not_make_a_genuine_refusal_look_transient(
+    pg_plan: PgPlanFactory,
+) -> None:
+    plan = pg_plan()
+    crashing = plan.new_runtime(step_hook=crash_at("created"))
     with pytest.raises(Exception):
-        crashing.engine.run("pg-admin")  # the admin's new password is applied, not promoted
+        crashing.engine.run("pg-admin")  # a PENDING no live run is working on
+    set_lease(plan.runtime.database, "pg-admin", expires_at=utcnow() - timedelta(seconds=1))
+    with plan.pg.admin() as conn:  # a DBA changed the admin's password behind rotator's back
+        conn.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(plan.roles["pg-admin"]), sql.Literal(secrets.token_urlsafe(16))
+            )
+        )
     result = plan.runtime.engine.run("db-0")
     assert result.outcome == "failed"
-    assert (result.error or "").startswith("TransientError")
-    assert "admin secret 'pg-admin' is being rotated" in (result.error or "")
-    assert stages(plan.store, "db-0")[Stage.CURRENT] is None  # nothing changed for db-0
-    set_lease(plan.runtime.database, "pg-admin", expires_at=utcnow() - timedelta(seconds=1))
-    assert plan.runtime.engine.run("pg-admin").outcome == "succeeded"  # the admin finishes
-    assert plan.runtime.engine.run("db-0").outcome == "succeeded"
+    assert (result.error or "").startswith("CredentialRejected")

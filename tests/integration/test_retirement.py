@@ -381,12 +381,86 @@ def test_an_expired_pending_is_retired_and_dropped_and_the_next_run_starts_afres
     assert stale is not None
     expired = tokens.with_name("tokens.expired")
     expired.touch()
-    result = runtime.engine.run("api")
-    assert result.outcome == "failed" and "expired before its run could finish" in (
+    result = runtime.engine.run("api", run_id=stale.token)
+    assert result.outcome == "rolled_back" and "expired before its run could finish" in (
         result.error or ""
     )
+    redelivered = runtime.engine.run("api", run_id=stale.token)  # final: nothing generated
+    assert (redelivered.outcome, redelivered.run_id) == ("rolled_back", stale.token)
     assert store.read("api", Stage.PENDING) is None
     assert revoked(tokens) == [stale.credential.get("token")]
     expired.unlink()
     assert runtime.engine.run("api").outcome == "succeeded"
     assert current(runtime) not in (first, stale.credential.get("token"))
+
+
+def test_an_expired_pending_that_cannot_be_retired_is_kept(make: Make, tokens: Path) -> None:
+    """Retiring failed: the target may still accept it, so PENDING stays (invariant 1)."""
+    runtime = make()
+    adopt_first(runtime, tokens)
+
+    def crash_after_apply(point: str) -> None:
+        if point == "applied":
+            raise Crash
+
+    runtime.engine.step_hook = crash_after_apply
+    with pytest.raises(Crash):
+        runtime.engine.run("api")
+    runtime.engine.step_hook = None
+    store = runtime.engine.store_for(runtime.plan.secret("api"))
+    pending = store.read("api", Stage.PENDING)
+    assert pending is not None
+    tokens.with_name("tokens.expired").touch()
+    tokens.with_name("tokens.down").touch()
+    result = runtime.engine.run("api")
+    assert result.outcome == "failed"
+    kept = store.read("api", Stage.PENDING)
+    assert kept is not None and kept.version_id == pending.version_id
+
+
+def test_a_retirement_that_never_succeeds_holds_rotations_back_only_a_few_times(
+    make: Make, tokens: Path
+) -> None:
+    from rotator.retirement import EARLY_ATTEMPTS
+
+    runtime = make()
+    first = adopt_first(runtime, tokens)
+    assert runtime.engine.run("api").outcome == "succeeded"
+    rotator_cls = runtime.engine.rotators["token-file"]
+
+    class NeverRevokes(rotator_cls):  # type: ignore[misc,valid-type]
+        def retire(self, previous: Credential) -> None:
+            raise TransientError("the provider answers 500 to every revoke")
+
+    runtime.engine.rotators = {**runtime.engine.rotators, "token-file": NeverRevokes}
+    outcomes = [runtime.engine.run("api").outcome for _ in range(EARLY_ATTEMPTS)]
+    assert outcomes == ["failed"] * (EARLY_ATTEMPTS - 1) + ["succeeded"]
+    given_up = [r for r in rows(runtime) if r.status == "failed"]
+    assert len(given_up) == 1 and "revoke it by hand" in (given_up[0].last_error or "")
+    assert given_up[0].attempts == EARLY_ATTEMPTS - 1
+    assert first in tokens.read_text().split()  # still live: the operator was told
+
+
+def test_an_adoption_scrubs_the_old_current_from_retirement_errors(
+    make: Make, tokens: Path
+) -> None:
+    runtime = make()
+    adopt_first(runtime, tokens)
+    runtime.engine.run("api")
+    value = current(runtime)
+    rotator_cls = runtime.engine.rotators["token-file"]
+
+    class Quotes(rotator_cls):  # type: ignore[misc,valid-type]
+        def retire(self, previous: Credential) -> None:
+            raise ConfigError(f"provider said: request with Bearer {value} refused")
+
+    runtime.engine.rotators = {**runtime.engine.rotators, "token-file": Quotes}
+    third = secrets.token_urlsafe(24)
+    tokens.write_text(tokens.read_text() + third + "\n")
+    runtime.engine.adopt("api", Credential(token=third), rotate=False)
+    texts = [r.last_error or "" for r in rows(runtime)]
+    texts += [
+        s.detail or "" for run in runtime.history.runs("api") for s in runtime.history.steps(run.id)
+    ]
+    assert any("provider said" in text for text in texts)
+    assert not any(value in text for text in texts)

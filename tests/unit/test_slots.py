@@ -255,9 +255,38 @@ def test_a_credential_made_with_little_life_left_is_not_rotated_again_at_once() 
 
 
 def test_only_an_adoption_that_asked_for_it_counts_as_adopted() -> None:
+    from rotator.adoption import ROTATE_NOW_SLOT
     from rotator.beat import _rotate_requested
 
-    assert _rotate_requested(NOW, "adopted", NOW - timedelta(microseconds=5))  # put --rotate
-    assert not _rotate_requested(NOW, "adopted", NOW + timedelta(hours=6))  # a lease's expiry
-    assert not _rotate_requested(NOW, "adopted", None)  # put --no-rotate
-    assert not _rotate_requested(NOW, "succeeded", NOW - timedelta(seconds=1))
+    assert _rotate_requested("adopted", ROTATE_NOW_SLOT)  # put --rotate
+    assert not _rotate_requested("adopted", None)  # put --no-rotate
+    assert not _rotate_requested("succeeded", ROTATE_NOW_SLOT)
+
+
+def test_an_adopted_lease_is_rotated_before_it_expires_even_inside_the_window() -> None:
+    windowed = spec(every=timedelta(hours=8), window=timedelta(hours=1))
+    expiry = NOW + timedelta(minutes=5)
+    state = SecretState(last_success=NOW, rotate_by=expiry, adopted=True)
+    slot = next_slot(windowed, state, NOW)
+    assert slot.reason == "adopted" and NOW <= slot.start_at <= expiry
+    kept = next_slot(windowed, SecretState(last_success=NOW, rotate_by=expiry), NOW)
+    assert (kept.reason, kept.start_at) == ("expiring", expiry)
+
+
+def test_a_failure_does_not_wait_the_full_retry_delay_when_the_credential_expires() -> None:
+    from rotator.slots import EXPIRING_RETRY
+
+    failed = NOW - timedelta(minutes=1)
+    state = SecretState(
+        last_success=NOW - timedelta(hours=1),
+        rotate_by=NOW + timedelta(minutes=10),
+        last_failure=failed,
+    )
+    slot = next_slot(spec(every=timedelta(hours=8)), state, NOW)
+    assert (slot.reason, slot.start_at) == ("retry", NOW + timedelta(minutes=10))
+    state = SecretState(
+        last_success=NOW - timedelta(hours=1),
+        rotate_by=NOW - timedelta(hours=1),
+        last_failure=failed,
+    )
+    assert next_slot(spec(every=timedelta(hours=8)), state, NOW).start_at == failed + EXPIRING_RETRY
