@@ -56,12 +56,6 @@ class SecretRotator:
         self.context = context
 
     @classmethod
-    def admin_secret_of(cls, target: BaseModel) -> str | None:
-        """The name of another secret this target needs for `apply`, if any."""
-        value = getattr(target, "admin_secret", None)
-        return value if isinstance(value, str) else None
-
-    @classmethod
     def managed_identity(cls, target: BaseModel) -> tuple[str, ...] | None:
         """What the target's credential logs in as (for the self-lockout guard)."""
         return None

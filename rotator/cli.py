@@ -399,7 +399,7 @@ def retire(
             out.print(cli_retire.describe(result))
         if not results:
             out.print("nothing is due for retirement")
-        failed = [r for r in results if not isinstance(r, str) and r.outcome != "retired"]
+        failed = [r for r in results if not isinstance(r, str) and r.outcome in ("retry", "failed")]
     if failed:
         raise typer.Exit(EXIT_FAILED)
 

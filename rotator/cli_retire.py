@@ -19,8 +19,8 @@ from rotator.runtime import Runtime
 
 def scheduled_table(runtime: Runtime, names: list[str]) -> Table:
     """Every retirement still to do (of `names`, or all), soonest first."""
-    rows = Retirements(runtime.database).scheduled()
-    table = Table("secret", "version", "due", "attempts", "last error")
+    rows = Retirements(runtime.database).scheduled(given_up=True)
+    table = Table("secret", "version", "due", "status", "attempts", "last error")
     table.title = "scheduled retirements"
     now = utcnow()
     for row in rows:
@@ -31,6 +31,7 @@ def scheduled_table(runtime: Runtime, names: list[str]) -> Table:
             escape(row.secret) + ("" if declared else " [red](not in schedules.yaml)[/]"),
             escape(row.version_id),
             _when(row.due_at, now),
+            "scheduled" if row.status == "scheduled" else "[red]given up: revoke by hand[/]",
             str(row.attempts),
             escape(row.last_error or ""),
         )

@@ -93,10 +93,12 @@ class Retirements:
             )
             return list(session.scalars(query))
 
-    def scheduled(self, secret: str | None = None) -> list[Retirement]:
-        """Every retirement still to do (of one secret), soonest first."""
+    def scheduled(self, secret: str | None = None, given_up: bool = False) -> list[Retirement]:
+        """Every retirement still to do (of one secret), soonest first; with `given_up`, those
+        given up too (their credentials must be revoked by hand)."""
+        statuses = ("scheduled", "failed") if given_up else ("scheduled",)
         with self.database.session() as session:
-            query = select(Retirement).where(Retirement.status == "scheduled")
+            query = select(Retirement).where(Retirement.status.in_(statuses))
             if secret is not None:
                 query = query.where(Retirement.secret == secret)
             return list(session.scalars(query.order_by(Retirement.due_at, Retirement.id)))
@@ -290,10 +292,15 @@ class _Retire:
                 "cannot be retired from here; if the target still accepts it, revoke it by hand"
             )
         if row.rotator != spec.rotator or row.target_digest != target_digest(spec):
+            what = (
+                "target block"
+                if row.rotator == spec.rotator
+                else f"rotator (from {row.rotator!r} to {spec.rotator!r})"
+            )
             return (
-                f"the target block of {spec.name!r} changed since version {row.version_id} was "
-                f"made (rotator {row.rotator!r}, now {spec.rotator!r}), so it is not retired "
-                "against the new target; if the old target still accepts it, revoke it by hand"
+                f"the {what} of {spec.name!r} changed since version {row.version_id} was made, "
+                "so it is not retired against the new one; if the old target still accepts it, "
+                "revoke it by hand"
             )
         return None
 
