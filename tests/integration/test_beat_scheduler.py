@@ -523,6 +523,8 @@ def schedule_retirement(database: Database, secret: str, due_in: timedelta) -> R
         secret=secret,
         version_id=f"v-{secret}",
         run_id="r" * 32,
+        rotator="api-key",
+        target_digest="0" * 64,
         due_at=utcnow() + due_in,
         status="scheduled",
         attempts=0,
