@@ -32,13 +32,14 @@ from rotator.errors import (
     LockLost,
     RotationInProgress,
     RotatorError,
-    StoreError,
     TransientError,
 )
+from rotator.guards import admin_moved, guard_identity, shares_value
 from rotator.history import History
 from rotator.locks import LeaseManager, SecretLease
 from rotator.logging import scrub, secret_values
 from rotator.results import RunResult
+from rotator.resume import already_finished, settle_interrupted
 from rotator.retirement import retire_later, retire_outgoing
 from rotator.schedule import Plan, SecretSpec
 from rotator.stores import SecretStore, SecretVersion, Stage
@@ -49,9 +50,6 @@ __all__ = ["Engine", "RunResult", "StepHook", "scrubbed_text"]
 log = structlog.get_logger("rotator.engine")
 #: The attribute an unexpected exception leaving a run carries its scrubbed text in.
 SCRUBBED_TEXT = "rotator_scrubbed_text"
-#: Run outcomes that are final: a run recorded with one of them is never run again. A failed
-#: run may be (its task retries under the same id and resumes its PENDING).
-FINISHED = frozenset({"succeeded", "rolled_back", "adopted"})
 T = TypeVar("T")
 
 #: Called after each step with its name (created, applied, tested, promoted).
@@ -78,12 +76,6 @@ class _Run:
 
 class _PendingExpired(CredentialRejected):
     """Internal: the run's PENDING expired and was dropped; the run ends rolled back."""
-
-
-def _shares_value(credential: Credential, others: list[Credential]) -> bool:
-    """A confidential value of `credential` is one of `others'` (never retire those)."""
-    mine = set(credential.secret_values())
-    return any(mine & set(other.secret_values()) for other in others)
 
 
 def _first_line(text: str) -> str:
@@ -163,7 +155,7 @@ class Engine:
         spec = self.plan.secret(name)
         trigger_id = run_id or uuid.uuid4().hex
         with self.leases.hold(name, trigger_id) as lease:
-            finished = self._already_finished(name, trigger_id)
+            finished = already_finished(self, name, trigger_id)
             if finished is not None:
                 return finished
             store = self.store_for(spec)
@@ -199,65 +191,9 @@ class Engine:
         except RotationInProgress as exc:
             return RunResult(run_id or "", name, "skipped", error=str(exc))
 
-    def _already_finished(self, name: str, run_id: str) -> RunResult | None:
-        """A run id that already ended (a redelivered message, a resent slot) is not run again:
-        its new credential would be generated under a spent token, and its record rewritten."""
-        recorded = self.history.get_run(run_id)
-        if recorded is not None and recorded.status == "resumed" and recorded.resumed_run_id:
-            recorded = self.history.get_run(recorded.resumed_run_id)  # its outcome is ours
-        if recorded is None or recorded.status not in FINISHED:
-            return None
-        log.info(
-            "rotation.already_finished", secret=name, run_id=recorded.id, status=recorded.status
-        )
-        return RunResult(
-            recorded.id,
-            name,
-            recorded.status,
-            recorded.version_id,
-            recorded.error,
-            resumed=recorded.id != run_id,
-        )
-
     def settle_interrupted(self, spec: SecretSpec, store: SecretStore, run_id: str) -> str | None:
-        """The run of this secret a crash left unfinished, if any of it is left to finish.
-
-        We hold the lease, so runs still recorded as running are dead. The newest is resumed
-        under its own id when the store still has a PENDING version, or when its version is
-        CURRENT already (only its record is missing). One that left nothing behind, or whose
-        version was dropped or superseded since, is closed as failed: resuming it could
-        re-apply a value that is no longer in the store. An interrupted adoption is closed
-        too: it generated nothing, so there is nothing of it to rotate.
-        """
-        stale = [r for r in self.history.running_runs(spec.name) if r.id != run_id]
-        if not stale:
-            return None
-        newest, *older = stale
-        for run in older:
-            self.history.finish_run(
-                run.id, "failed", error="interrupted; superseded by a later run"
-            )
-        pending = store.read(spec.path, Stage.PENDING)
-        current = store.read(spec.path, Stage.CURRENT)
-        promoted = current is not None and current.token == newest.id
-        if newest.trigger == "adopt" and promoted and current is not None:
-            # The adoption stored its value; only its record is missing. What it replaced is
-            # PREVIOUS now, and is retired after grace as the adoption would have scheduled.
-            rotator = self.rotator_for(spec)
-            self.history.finish_run(
-                newest.id,
-                "adopted",
-                current.version_id,
-                rotate_by=rotator.rotate_by(current.credential),
-                retire=retire_later(
-                    spec, rotator, store.read(spec.path, Stage.PREVIOUS), current.credential
-                ),
-            )
-            return None
-        if newest.trigger != "adopt" and (pending is not None or promoted):
-            return newest.id
-        self.history.finish_run(newest.id, "failed", error="interrupted; nothing left to finish")
-        return None
+        """The interrupted run of this secret to resume, if any (see rotator.resume)."""
+        return settle_interrupted(self, spec, store, run_id)
 
     def _execute(self, run: _Run) -> RunResult:
         spec = run.spec
@@ -323,12 +259,12 @@ class Engine:
             run.lease.check()
             credential = run.rotator.generate(current.credential if current else None)
             run.secrets.enter_context(secret_values(credential.secret_values()))
-            self._guard_identity(run, credential, current)
+            guard_identity(run.spec, run.rotator, credential, current)
             pending = self._step(
                 run, "create", lambda: run.store.put_pending(run.spec.path, credential, run.run_id)
             )
         else:
-            self._guard_identity(run, pending.credential, current)
+            guard_identity(run.spec, run.rotator, pending.credential, current)
             if run.rotator.expired(pending.credential):
                 self._drop_expired(run, pending, current)
             if not self.history.record_step(
@@ -357,7 +293,7 @@ class Engine:
                 )
             except CredentialRejected as exc:
                 admin = run.spec.admin_secret
-                if admin is not None and self._admin_moved(admin, run.lookups.get(admin)):
+                if admin is not None and admin_moved(self, admin, run.lookups.get(admin)):
                     # Retried, the lookup reads the admin's new CURRENT.
                     raise TransientError(
                         f"{exc} (the admin secret {admin!r} is being rotated or was just "
@@ -423,7 +359,7 @@ class Engine:
         # Whatever PENDING was granted (an API key, a lease) is no longer needed, unless it is
         # a value still in use (a store that shows one version as both PENDING and CURRENT).
         in_use = [c.credential for c in (current, previous) if c is not None]
-        if not _shares_value(pending.credential, in_use):
+        if not shares_value(pending.credential, in_use):
             self._step(run, "rollback", lambda: run.rotator.retire(pending.credential))
         self._step(
             run, "rollback", lambda: run.store.discard_pending(run.spec.path, pending.version_id)
@@ -499,7 +435,7 @@ class Engine:
         (final: a redelivery does not generate under its spent token); the next run makes a
         fresh one. If retiring fails, PENDING stays: the target may still accept it."""
         in_use = [current.credential] if current else []
-        if not _shares_value(pending.credential, in_use):
+        if not shares_value(pending.credential, in_use):
             self._step(run, "create", lambda: run.rotator.retire(pending.credential))
         self._step(
             run, "create", lambda: run.store.discard_pending(run.spec.path, pending.version_id)
@@ -509,46 +445,9 @@ class Engine:
             "retired and dropped, and the next run makes a new one"
         )
 
-    def _admin_moved(self, name: str, used: Credential | None) -> bool:
-        """The admin secret's CURRENT is no longer the value this run used, or a live run of
-        it is rotating it now (its new password may be set, not yet promoted). A PENDING left
-        by a dead run is not enough: a genuine refusal must not look transient forever."""
-        spec = self.plan.secrets.get(name)
-        if spec is None:
-            return False
-        current = self.store_for(spec).read(spec.path, Stage.CURRENT)
-        if used is not None and current is not None and current.credential != used:
-            return True
-        return self.leases.holder(name) is not None
-
     @staticmethod
     def _lost(run: _Run) -> LockLost:
         return LockLost(f"the lease of secret {run.spec.name!r} was lost to another run")
-
-    def _guard_identity(
-        self, run: _Run, candidate: Credential, current: SecretVersion | None
-    ) -> None:
-        """Confused-deputy guard: PENDING and CURRENT must be for the login the target names.
-
-        A stored value (planted, or left from an old target block) must never make the
-        rotator change some other login; where the target block does not name a field,
-        the new credential must at least agree with CURRENT.
-        """
-        stored = current.credential if current is not None else None
-        named = run.rotator.expected_identity()
-        for name in run.rotator.identity_fields:
-            allowed = named.get(name)
-            if allowed is None and stored is not None and stored.get(name) is not None:
-                allowed = (stored.get(name),)
-            if allowed is None:
-                continue
-            for label, credential in (("new credential", candidate), ("CURRENT", stored)):
-                if credential is not None and credential.get(name) not in allowed:
-                    expected = " or ".join(repr(value) for value in allowed)
-                    raise StoreError(
-                        f"refusing to rotate {run.spec.name!r}: the {label}'s {name} is "
-                        f"{credential.get(name)!r}, expected {expected}; fix the stored value"
-                    )
 
     def _hook(self, point: str) -> None:
         if self.step_hook is not None:

@@ -32,6 +32,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from rotator.base import SecretRotator
 from rotator.credential import Credential
 from rotator.errors import CredentialRejected, LockLost, RotatorError, TransientError
+from rotator.guards import shares_value
 from rotator.history import Database, RetireLater, Retirement, utcnow
 from rotator.locks import SecretLease
 from rotator.logging import scrub, secret_values
@@ -158,17 +159,10 @@ def retire_later(
 ) -> RetireLater | None:
     """The retirement to schedule for `outgoing` (the old CURRENT, now PREVIOUS), if any: none
     when the rotator retires nothing, or when `kept` (the new CURRENT) shares a value with it."""
-    if outgoing is None or not retires(rotator) or _shares_a_value(outgoing.credential, [kept]):
+    if outgoing is None or not retires(rotator) or shares_value(outgoing.credential, [kept]):
         return None
     due_at = utcnow() + spec.grace
     return RetireLater(spec.name, outgoing.version_id, due_at, spec.rotator, target_digest(spec))
-
-
-def _shares_a_value(credential: Credential, others: list[Credential]) -> bool:
-    """True when a confidential value of `credential` is one of `others`' (the same key or
-    password adopted again): retiring it would cut off a credential in use."""
-    mine = set(credential.secret_values())
-    return any(mine & set(other.secret_values()) for other in others)
 
 
 def retire_due(engine: Engine, name: str, now: datetime | None = None) -> list[RetireOutcome]:
@@ -256,7 +250,7 @@ class _Retire:
         if problem is not None:
             return self._close(row, "failed", problem, bound)
         assert previous is not None
-        if _shares_a_value(previous.credential, self.in_use):
+        if shares_value(previous.credential, self.in_use):
             reason = "its value is in use again (adopted or current): nothing was revoked"
             return self._close(row, "cancelled", reason, bound)
         started = time.monotonic()
