@@ -207,7 +207,7 @@ class Engine:
                     run.log.info("rotation.already_finished")
                     return self._record_success(run, current, outgoing=previous)
                 secret_scope.enter_context(self._secrets_of(current, previous, pending_now))
-                secret_scope.enter_context(self._admin_secrets_of(run))
+                self._look_up_admin(run)
                 pending = self.create(run, current, pending_now)
                 secret_scope.enter_context(secret_values(pending.credential.secret_values()))
                 self.apply(run, pending, current, previous)
@@ -229,17 +229,13 @@ class Engine:
                 setattr(exc, SCRUBBED_TEXT, f"{type(exc).__name__}: {text}")
                 raise
 
-    @contextmanager
-    def _admin_secrets_of(self, run: _Run) -> Iterator[None]:
-        """The admin credential a rotator will log in with is scrubbed from logs too (read
-        through the run's own lookup, so the rotator does not read it a second time)."""
-        values: list[str] = []
+    def _look_up_admin(self, run: _Run) -> None:
+        """Read the admin credential up front, through the run's own lookup (which registers
+        its values for scrubbing), so even the first log line of the run hides them."""
         admin = run.spec.admin_secret
         if admin is not None:
             with suppress(RotatorError):  # a missing admin fails later, in apply, with its reason
-                values = list(run.rotator.context.lookup_secret(admin).secret_values())
-        with secret_values(values):
-            yield
+                run.rotator.context.lookup_secret(admin)
 
     @contextmanager
     def _secrets_of(self, *versions: SecretVersion | None) -> Iterator[None]:

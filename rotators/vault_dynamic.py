@@ -45,7 +45,7 @@ from rotator.errors import (
     RotatorError,
     StoreError,
 )
-from rotator.stores.vault_auth import AuthConfig, VaultSession
+from rotator.stores.vault_auth import AuthConfig, VaultSession, vault_client, vault_url
 from rotators.postgres import PostgresPasswordRotator
 from rotators.vault_dynamic_errors import vault_errors
 
@@ -85,12 +85,7 @@ class VaultDynamicTarget(BaseModel):
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
     connect_timeout: int = Field(5, ge=1, le=120)
 
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("expected an http:// or https:// URL of the Vault server")
-        return value.rstrip("/")
+    _url = field_validator("url")(vault_url)
 
     @field_validator("mount")
     @classmethod
@@ -145,13 +140,12 @@ def _session_for(target: VaultDynamicTarget) -> VaultSession:
     with _sessions_lock:
         session = _sessions.get(key)
         if session is None:
-            verify: bool | str = str(target.ca_cert) if target.ca_cert else target.verify
-            client = hvac.Client(
-                url=target.url,
-                token="",  # never the ambient VAULT_TOKEN: `auth` says where the token is
-                verify=verify,
-                timeout=target.timeout_seconds,
-                namespace=target.namespace,
+            client = vault_client(
+                target.url,
+                target.namespace,
+                target.ca_cert,
+                target.verify,
+                target.timeout_seconds,
             )
             session = _sessions[key] = VaultSession(_SESSION_LABEL, client, target.auth)
         return session

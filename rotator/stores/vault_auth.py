@@ -36,6 +36,27 @@ T = TypeVar("T")
 K8S_TOKEN_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
+def vault_url(value: str) -> str:
+    """A field validator: the http(s) URL of a Vault server, without a trailing slash."""
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL of the Vault server")
+    return value.rstrip("/")
+
+
+def vault_client(
+    url: str, namespace: str | None, ca_cert: Path | None, verify: bool, timeout: float
+) -> hvac.Client:
+    """An hvac client with no token: never the ambient VAULT_TOKEN or ~/.vault-token (the
+    `auth` settings say where the token comes from, and VaultSession logs in)."""
+    return hvac.Client(
+        url=url,
+        token="",
+        verify=str(ca_cert) if ca_cert else verify,
+        timeout=timeout,
+        namespace=namespace,
+    )
+
+
 class _AuthBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -37,7 +37,7 @@ from pydantic import PositiveFloat, field_validator
 from rotator.credential import Credential
 from rotator.errors import StoreError
 from rotator.stores.base import SecretStore, SecretVersion, Stage, StoreConfig, StoreContext
-from rotator.stores.vault_auth import AuthConfig, VaultSession
+from rotator.stores.vault_auth import AuthConfig, VaultSession, vault_client, vault_url
 from rotator.stores.vault_errors import ConcurrentWrite, body, version_deleted
 
 #: Vault's limit on custom_metadata keys per path.
@@ -67,12 +67,7 @@ class VaultKvStoreConfig(StoreConfig):
             raise ValueError("must not be empty")
         return stripped
 
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("expected an http:// or https:// URL of the Vault server")
-        return value.rstrip("/")
+    _url = field_validator("url")(vault_url)
 
 
 @dataclass(frozen=True)
@@ -102,13 +97,8 @@ class VaultKvStore(SecretStore):
     @classmethod
     def from_config(cls, name: str, config: StoreConfig, context: StoreContext) -> VaultKvStore:
         assert isinstance(config, VaultKvStoreConfig)
-        verify: bool | str = str(config.ca_cert) if config.ca_cert else config.verify
-        client = hvac.Client(
-            url=config.url,
-            token="",  # never the ambient VAULT_TOKEN or ~/.vault-token: auth says where it is
-            verify=verify,
-            timeout=config.timeout_seconds,
-            namespace=config.namespace,
+        client = vault_client(
+            config.url, config.namespace, config.ca_cert, config.verify, config.timeout_seconds
         )
         return cls(name, config, VaultSession(name, client, config.auth))
 

@@ -24,6 +24,7 @@ from rotator.retirement import Retirements, retire_due
 from rotator.runtime import Runtime, build_runtime
 from rotator.schedule import load_plan
 from rotator.stores import Stage
+from tests.integration.conftest import Crash, crash_at
 from tests.integration.token_rotator import registry, revoked
 
 pytestmark = pytest.mark.integration
@@ -237,10 +238,6 @@ def test_the_scheduled_list_names_versions_never_values(make: Make, tokens: Path
     assert first not in text and current(runtime) not in text
 
 
-class Crash(Exception):
-    """A process dying between two steps."""
-
-
 def test_re_adopting_the_previous_value_cancels_its_retirement_instead_of_revoking_it(
     make: Make, tokens: Path
 ) -> None:
@@ -264,11 +261,7 @@ def test_an_adoption_that_settles_a_promoted_run_keeps_its_retirement(
     runtime = make()
     first = adopt_first(runtime, tokens)
 
-    def crash_after_promote(point: str) -> None:
-        if point == "promoted":
-            raise Crash
-
-    runtime.engine.step_hook = crash_after_promote
+    runtime.engine.step_hook = crash_at("promoted")
     with pytest.raises(Crash):
         runtime.engine.run("api")
     runtime.engine.step_hook = None
@@ -368,11 +361,7 @@ def test_an_expired_pending_is_retired_and_dropped_and_the_next_run_starts_afres
     runtime = make()
     first = adopt_first(runtime, tokens)
 
-    def crash_after_create(point: str) -> None:
-        if point == "created":
-            raise Crash
-
-    runtime.engine.step_hook = crash_after_create
+    runtime.engine.step_hook = crash_at("created")
     with pytest.raises(Crash):
         runtime.engine.run("api")
     runtime.engine.step_hook = None
@@ -399,11 +388,7 @@ def test_an_expired_pending_that_cannot_be_retired_is_kept(make: Make, tokens: P
     runtime = make()
     adopt_first(runtime, tokens)
 
-    def crash_after_apply(point: str) -> None:
-        if point == "applied":
-            raise Crash
-
-    runtime.engine.step_hook = crash_after_apply
+    runtime.engine.step_hook = crash_at("applied")
     with pytest.raises(Crash):
         runtime.engine.run("api")
     runtime.engine.step_hook = None
